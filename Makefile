@@ -1,0 +1,43 @@
+# nmc: `make run` runs the cluster, `make test` passes the tests. Both set up what they need:
+# a Docker engine (scripts/ensure-docker.sh), the site image (nodejs/build-image.sh), a virtualenv.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+IMAGE ?= nodejs.org
+ARGS ?=
+PYTEST_ARGS ?=
+
+.PHONY: all run test unit nodejs docker venv clean
+
+all: venv nodejs
+
+## run the cluster in the foreground: make run ARGS="-n 4 -p 8000"
+run: venv nodejs
+	$(PY) nmc_server.py $(ARGS)
+
+## the whole test suite against the real Docker engine
+test: venv nodejs
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+## only the tests that need neither Docker nor the network
+unit: venv
+	$(PY) -m pytest -m "not docker" $(PYTEST_ARGS)
+
+## build the site image (nodejs.org); OFFLINE=1 skips the registry
+nodejs: docker
+	@IMAGE=$(IMAGE) nodejs/build-image.sh >/dev/null
+
+## make sure a Docker engine answers (installs and starts one on a fresh Debian machine as root)
+docker:
+	@scripts/ensure-docker.sh
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	@touch $@
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -1,0 +1,203 @@
+"""nmc-server's command line: the usage text below is the documentation, docopt parses it.
+
+Every error reaches the user as one line on stderr and a non-zero exit code, never a traceback.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import re
+import sys
+from contextlib import contextmanager
+
+import gevent
+from docopt import DocoptExit, docopt
+
+from nmc import __version__
+from nmc.config import Config
+from nmc.errors import NmcError, UsageError
+
+USAGE = """\
+nmc-server: N replicas of a Node.js site in Docker, behind one port, relayed round-robin.
+
+Usage:
+  nmc-server [options]
+  nmc-server -h | --help
+  nmc-server -v | --version
+
+Options:
+  -p, --port PORT            Port that clients connect to [default: 3000].
+  -b, --bind ADDRESS         Address to listen on [default: 0.0.0.0].
+  -n, --replicas N           Number of replicas (containers) to run [default: 2].
+  --base-port PORT           Host port of the first replica; the others follow it
+                             (3001, 3002, ...) [default: 3001].
+  --image IMAGE              Docker image of the site [default: nodejs.org].
+  --container-port PORT      Port the site listens on inside its container [default: 8080].
+  --name NAME                Cluster name: replicas are named NAME-PORT and labelled
+                             nmc.cluster=NAME [default: nmc].
+  --health-path PATH         URL path that answers 2xx while a replica is alive
+                             [default: /healthz].
+  --check-interval SECONDS   Seconds between liveness checks of each replica [default: 5].
+  --check-timeout SECONDS    Seconds a liveness check waits for an answer [default: 2].
+  --start-timeout SECONDS    Seconds a new replica has to answer its health path
+                             [default: 30].
+  --backend-timeout SECONDS  Seconds a replica has to start answering a request (then 504)
+                             [default: 30].
+  --graceful-timeout SECONDS  Seconds in-flight requests get to finish on stop [default: 10].
+  --keep                     Leave the replicas running on exit; the next start with the
+                             same --name adopts them.
+  -q, --quiet                No log line per request.
+  -h, --help                 Show this help and exit.
+  -v, --version              Show the version and exit.
+
+Replicas publish their port on 127.0.0.1 only. Ctrl-C or SIGTERM stops the server: in-flight
+requests finish, then the replicas are removed (unless --keep); a second Ctrl-C stops at once.
+"""
+
+# Go's log package format, as the original printed: 2020/08/05 22:16:19 message
+LOG_FORMAT = "%(asctime)s %(message)s"
+LOG_DATE_FORMAT = "%Y/%m/%d %H:%M:%S"
+
+
+def parse_args(argv: list[str]) -> Config:
+    """Options -> Config; UsageError (one line) for anything docopt or validation rejects."""
+    try:
+        args = docopt(USAGE, argv=argv, default_help=False)
+    except DocoptExit as e:
+        raise UsageError(_docopt_problem(e, argv)) from None
+    values = {key.lstrip("-").replace("-", "_"): value for key, value in args.items()
+              if key.startswith("--")}
+    return Config.from_strings(values)
+
+
+def _docopt_problem(error: DocoptExit, argv: list[str]) -> str:
+    """docopt's complaint, as one line that names the culprit."""
+    options = _usage_options()
+    expects_value = False
+    for arg in argv:
+        if expects_value:
+            expects_value = False
+        elif arg.startswith("--"):
+            name = arg.split("=", 1)[0]
+            if name not in options:
+                return f"unknown option {name} (see nmc-server --help)"
+            expects_value = options[name] and "=" not in arg
+        elif arg.startswith("-") and len(arg) > 1:
+            for index, letter in enumerate(arg[1:], start=2):  # bundled: -qn3
+                if "-" + letter not in options:
+                    return f"unknown option -{letter} (see nmc-server --help)"
+                if options["-" + letter]:
+                    expects_value = index == len(arg)
+                    break
+        else:
+            return f"unexpected argument {arg!r} (see nmc-server --help)"
+    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    if "requires argument" in text:
+        return f"{text} (see nmc-server --help)"
+    return "an option is given twice, or options that do not go together (see nmc-server --help)"
+
+
+def _usage_options() -> dict[str, bool]:
+    """Every option in USAGE -> whether it takes a value."""
+    options = {}
+    for line in USAGE.split("Options:", 1)[1].splitlines():
+        match = re.match(r"\s+(-\w)?(?:, )?(--[\w-]+)?( [A-Z]+)?", line)
+        if match and (match.group(1) or match.group(2)):
+            for name in filter(None, match.group(1, 2)):
+                options[name] = bool(match.group(3))
+    return options
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if any(arg in ("-h", "--help") for arg in argv):
+        print(USAGE, end="")
+        return 0
+    if any(arg in ("-v", "--version") for arg in argv):
+        print(f"nmc-server {__version__}")
+        return 0
+    try:
+        config = parse_args(argv)
+    except UsageError as e:
+        return _fail(e)
+    spinner = Spinner(sys.stdout)
+    setup_logging(config.quiet, spinner)
+    from nmc.server import NmcServer  # after logging: importing it pulls in docker and requests
+
+    try:
+        return NmcServer(config).run(progress=spinner.show)
+    except NmcError as e:
+        return _fail(e)
+    except KeyboardInterrupt:
+        return 130
+
+
+def _fail(error: NmcError) -> int:
+    message = str(error).replace("\n", " ").strip()
+    print(f"nmc-server: error: {message}", file=sys.stderr, flush=True)
+    return error.exit_code
+
+
+def setup_logging(quiet: bool, spinner: "Spinner") -> None:
+    handler = _SpinnerAwareHandler(sys.stderr, spinner)
+    handler.setFormatter(logging.Formatter(LOG_FORMAT, LOG_DATE_FORMAT))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+    for noisy in ("urllib3", "docker"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    if quiet:
+        logging.getLogger("nmc.proxy").setLevel(logging.WARNING)
+
+
+class Spinner:
+    """`✓ text` when done; a spinner while working when the stream is a terminal."""
+
+    FRAMES = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"
+
+    def __init__(self, stream):
+        self.stream = stream
+        self.tty = hasattr(stream, "isatty") and stream.isatty()
+        self.text = ""
+        self.active = False
+
+    @contextmanager
+    def show(self, text: str):
+        self.text, self.active = text, True
+        animation = gevent.spawn(self._animate) if self.tty else None
+        ok = False
+        try:
+            yield
+            ok = True
+        finally:
+            self.active = False
+            if animation is not None:
+                animation.kill()
+                self.clear()
+            self.stream.write(f"{'✓' if ok else '✗'} {text}\n")
+            self.stream.flush()
+
+    def _animate(self) -> None:
+        for frame in itertools.cycle(self.FRAMES):
+            self.stream.write(f"\r{frame} {self.text}")
+            self.stream.flush()
+            gevent.sleep(0.1)
+
+    def clear(self) -> None:
+        if self.tty:
+            self.stream.write("\r\033[K")
+            self.stream.flush()
+
+
+class _SpinnerAwareHandler(logging.StreamHandler):
+    """Log lines on a terminal first wipe the spinner's line; it redraws on its next frame."""
+
+    def __init__(self, stream, spinner: Spinner):
+        super().__init__(stream)
+        self.spinner = spinner
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.spinner.active:
+            self.spinner.clear()
+        super().emit(record)

@@ -1,0 +1,126 @@
+"""Config: every setting of a cluster, validated in one place.
+
+The CLI builds it from options; `from_env` builds it from NMC_* variables (for gunicorn).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from dataclasses import dataclass
+from typing import Mapping
+
+from nmc.errors import UsageError
+
+# Docker's own rule for container names, which ours are made of: <name>-<port>.
+_NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$")
+MAX_REPLICAS = 64
+# Replicas publish their port on loopback only: they are reached through nmc, not directly.
+REPLICA_HOST = "127.0.0.1"
+
+
+@dataclass(frozen=True)
+class Config:
+    port: int = 3000
+    bind: str = "0.0.0.0"
+    replicas: int = 2
+    base_port: int = 3001
+    image: str = "nodejs.org"
+    container_port: int = 8080
+    name: str = "nmc"
+    health_path: str = "/healthz"
+    check_interval: float = 5.0
+    check_timeout: float = 2.0
+    start_timeout: float = 30.0
+    backend_timeout: float = 30.0
+    graceful_timeout: float = 10.0
+    quiet: bool = False
+    keep: bool = False
+
+    @property
+    def replica_ports(self) -> list[int]:
+        return list(range(self.base_port, self.base_port + self.replicas))
+
+    def replica_name(self, host_port: int) -> str:
+        return f"{self.name}-{host_port}"
+
+    def validate(self) -> "Config":
+        _check_port("--port", self.port)
+        _check_port("--base-port", self.base_port)
+        _check_port("--container-port", self.container_port)
+        if not 1 <= self.replicas <= MAX_REPLICAS:
+            raise UsageError(f"--replicas must be from 1 to {MAX_REPLICAS}, not {self.replicas}")
+        last = self.base_port + self.replicas - 1
+        if last > 65535:
+            raise UsageError(f"--base-port {self.base_port} with {self.replicas} replicas needs "
+                             f"ports up to {last}, past 65535")
+        if self.base_port <= self.port <= last:
+            raise UsageError(f"--port {self.port} falls inside the replicas' ports "
+                             f"{self.base_port}-{last}; pick another --port or --base-port")
+        if not _NAME_RE.match(self.name):
+            raise UsageError(f"--name {self.name!r} is not a valid container name "
+                             "(letters, digits, '_', '.', '-'; starting with a letter or digit)")
+        if not self.image.strip():
+            raise UsageError("--image must not be empty")
+        if not self.health_path.startswith("/"):
+            raise UsageError(f"--health-path must start with '/', not {self.health_path!r}")
+        for option in ("check_interval", "check_timeout", "start_timeout", "backend_timeout"):
+            if getattr(self, option) <= 0:
+                raise UsageError(f"--{option.replace('_', '-')} must be more than 0 seconds")
+        if self.graceful_timeout < 0:
+            raise UsageError("--graceful-timeout must not be negative")
+        return self
+
+    @classmethod
+    def from_strings(cls, values: Mapping[str, str | bool | None]) -> "Config":
+        """Build from option values as strings, keyed by field name; missing keys keep defaults."""
+        kwargs = {}
+        for f in dataclasses.fields(cls):
+            if values.get(f.name) is None:
+                continue
+            raw = values[f.name]
+            option = "--" + f.name.replace("_", "-")
+            if f.type == "bool":
+                kwargs[f.name] = _parse_bool(option, raw)
+            elif f.type == "int":
+                kwargs[f.name] = _parse_number(option, raw, int)
+            elif f.type == "float":
+                kwargs[f.name] = _parse_number(option, raw, float)
+            else:
+                kwargs[f.name] = str(raw)
+        return cls(**kwargs).validate()
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str], **overrides) -> "Config":
+        """NMC_PORT, NMC_REPLICAS, NMC_BASE_PORT, ...: the CLI options' names, upper-cased."""
+        values = {f.name: environ.get("NMC_" + f.name.upper()) for f in dataclasses.fields(cls)}
+        values.update({k: str(v) if not isinstance(v, bool) else v for k, v in overrides.items()})
+        return cls.from_strings(values)
+
+
+def _check_port(option: str, value: int) -> None:
+    if not 1 <= value <= 65535:
+        raise UsageError(f"{option} must be a port number from 1 to 65535, not {value}")
+
+
+def _parse_number(option: str, raw, kind):
+    try:
+        value = kind(str(raw).strip())
+    except ValueError:
+        what = "a whole number" if kind is int else "a number of seconds"
+        raise UsageError(f"{option} must be {what}, not {raw!r}") from None
+    if kind is float and not math.isfinite(value):
+        raise UsageError(f"{option} must be a number of seconds, not {raw!r}")
+    return value
+
+
+def _parse_bool(option: str, raw) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    text = str(raw).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("", "0", "false", "no", "off"):
+        return False
+    raise UsageError(f"{option} must be true or false, not {raw!r}")

@@ -1,0 +1,252 @@
+"""The Docker engine, as nmc needs it: the only module that imports `docker`.
+
+Thin wrappers over the Docker SDK: run a replica, find a cluster's containers by label, inspect,
+remove, read logs. Every engine failure becomes an NmcError with a one-line message.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+
+import docker
+import docker.errors
+import requests.exceptions
+
+from nmc.errors import NmcError
+
+log = logging.getLogger(__name__)
+
+LABEL_CLUSTER = "nmc.cluster"
+LABEL_PORT = "nmc.port"
+# A hash of what makes a replica what it is (image id, container port, environment): a leftover
+# container is adopted only when its hash matches the one a fresh start would give.
+LABEL_SETTINGS = "nmc.settings"
+
+API_TIMEOUT = 30  # seconds for one call to the engine
+
+
+class EngineError(NmcError):
+    """The Docker engine refused or failed a call."""
+
+
+class EngineUnreachable(EngineError):
+    exit_code = 3
+
+
+class ImageMissing(EngineError):
+    pass
+
+
+class PortBusy(EngineError):
+    pass
+
+
+class NameTaken(EngineError):
+    pass
+
+
+@dataclass(frozen=True)
+class ReplicaSpec:
+    """What to run for one replica."""
+
+    cluster: str
+    name: str
+    image: str
+    host_port: int
+    container_port: int
+    host_ip: str = "127.0.0.1"
+    env: dict[str, str] = field(default_factory=dict)
+
+    def settings_hash(self, image_id: str) -> str:
+        text = json.dumps([image_id, self.container_port, sorted(self.env.items())])
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class ContainerInfo:
+    """A container as the engine last described it."""
+
+    id: str
+    name: str
+    status: str  # created, running, paused, restarting, removing, exited, dead
+    exit_code: int | None
+    image_id: str
+    labels: dict[str, str]
+
+    @property
+    def short_id(self) -> str:
+        return self.id[:12]
+
+    @property
+    def running(self) -> bool:
+        return self.status == "running"
+
+    @property
+    def port(self) -> int | None:
+        try:
+            return int(self.labels.get(LABEL_PORT, ""))
+        except ValueError:
+            return None
+
+    @classmethod
+    def from_attrs(cls, attrs: dict) -> "ContainerInfo":
+        state = attrs.get("State") or {}
+        return cls(
+            id=attrs["Id"],
+            name=attrs.get("Name", "").lstrip("/"),
+            status=state.get("Status", "unknown"),
+            exit_code=state.get("ExitCode"),
+            image_id=attrs.get("Image", ""),
+            labels=(attrs.get("Config") or {}).get("Labels") or {},
+        )
+
+
+def docker_host() -> str:
+    return os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+
+
+def _engine_call(what: str):
+    """Turn the SDK's exceptions into one-line EngineErrors that say what nmc was doing."""
+
+    def decorate(fn):
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            try:
+                return fn(*args, **kwargs)
+            except NmcError:
+                raise
+            except docker.errors.APIError as e:
+                raise EngineError(f"Docker engine refused to {what}: {_explain(e)}") from e
+            except (docker.errors.DockerException, requests.exceptions.RequestException) as e:
+                raise EngineUnreachable(f"lost the Docker engine at {docker_host()} while trying "
+                                        f"to {what}: {_first_line(e)}") from e
+
+        return wrapper
+
+    return decorate
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def _explain(e: docker.errors.APIError) -> str:
+    return _first_line(getattr(e, "explanation", None) or e)
+
+
+class Engine:
+    """A connection to one Docker engine."""
+
+    def __init__(self, client: docker.DockerClient):
+        self.client = client
+
+    @classmethod
+    def connect(cls, timeout: float = API_TIMEOUT) -> "Engine":
+        try:
+            client = docker.from_env(timeout=timeout)
+            client.ping()
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as e:
+            raise EngineUnreachable(
+                f"cannot reach the Docker engine at {docker_host()} ({_first_line(e)}): "
+                "start Docker (Docker Desktop, `sudo systemctl start docker`, "
+                "or `scripts/ensure-docker.sh` as root) and try again") from e
+        return cls(client)
+
+    def close(self) -> None:
+        self.client.close()
+
+    @_engine_call("look up the image")
+    def image_id(self, image: str) -> str:
+        try:
+            return self.client.images.get(image).id
+        except docker.errors.ImageNotFound:
+            hint = "build it with `make nodejs`" if image == "nodejs.org" else \
+                "build or pull it first (`docker build -t ...` or `docker pull ...`)"
+            raise ImageMissing(f"image {image!r} is not on this Docker engine: {hint}") from None
+
+    @_engine_call("list the cluster's containers")
+    def list_cluster(self, cluster: str) -> list[ContainerInfo]:
+        containers = self.client.api.containers(all=True, filters={"label": f"{LABEL_CLUSTER}={cluster}"})
+        infos = []
+        for summary in containers:
+            info = self.inspect(summary["Id"])
+            if info is not None:
+                infos.append(info)
+        return infos
+
+    @_engine_call("inspect a container")
+    def inspect(self, container: str) -> ContainerInfo | None:
+        """By id or name; None when there is no such container."""
+        try:
+            return ContainerInfo.from_attrs(self.client.api.inspect_container(container))
+        except docker.errors.NotFound:
+            return None
+
+    @_engine_call("start a replica")
+    def run(self, spec: ReplicaSpec, image_id: str) -> ContainerInfo:
+        """Create and start a replica's container; on failure nothing is left behind."""
+        holder = self.inspect(spec.name)
+        if holder is not None:
+            if holder.labels.get(LABEL_CLUSTER) != spec.cluster:
+                raise NameTaken(f"a container named {spec.name} ({holder.short_id}) already exists "
+                                "and nmc did not start it: remove it or pick another --name")
+            self.remove(holder.id, stop_timeout=0)
+        labels = {
+            LABEL_CLUSTER: spec.cluster,
+            LABEL_PORT: str(spec.host_port),
+            LABEL_SETTINGS: spec.settings_hash(image_id),
+        }
+        container = self.client.containers.create(
+            image_id,
+            name=spec.name,
+            hostname=spec.name,
+            labels=labels,
+            environment={"NMC_REPLICA": spec.name, **spec.env},
+            ports={f"{spec.container_port}/tcp": (spec.host_ip, spec.host_port)},
+        )
+        try:
+            container.start()
+        except docker.errors.APIError as e:
+            self._remove_quietly(container.id)
+            text = _explain(e)
+            if "address already in use" in text or "port is already allocated" in text:
+                raise PortBusy(f"host port {spec.host_port} is already in use: stop what holds it "
+                               "or choose another --base-port") from e
+            raise
+        except BaseException:
+            self._remove_quietly(container.id)
+            raise
+        return self.inspect(container.id) or ContainerInfo.from_attrs(container.attrs)
+
+    @_engine_call("remove a container")
+    def remove(self, container: str, stop_timeout: float = 5) -> None:
+        """Stop (SIGTERM, then SIGKILL after stop_timeout) and remove; gone already is fine."""
+        try:
+            if stop_timeout > 0:
+                self.client.api.stop(container, timeout=int(stop_timeout))
+            self.client.api.remove_container(container, force=True)
+        except docker.errors.NotFound:
+            pass
+        except docker.errors.APIError as e:
+            if "already in progress" not in _explain(e):
+                raise
+
+    def _remove_quietly(self, container: str) -> None:
+        try:
+            self.client.api.remove_container(container, force=True)
+        except docker.errors.DockerException as e:
+            log.warning("could not remove container %s: %s", container[:12], _first_line(e))
+
+    @_engine_call("read a container's logs")
+    def tail_logs(self, container: str, lines: int = 10) -> list[str]:
+        try:
+            raw = self.client.api.logs(container, tail=lines)
+        except docker.errors.NotFound:
+            return []
+        return raw.decode("utf-8", "replace").splitlines()

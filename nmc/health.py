@@ -1,0 +1,60 @@
+"""Liveness checks: does a replica answer its health URL, within a timeout, with a 2xx?"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import requests
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    ok: bool
+    reason: str  # "status 200", "timed out after 2s", "connection refused", ...
+
+    def __bool__(self) -> bool:
+        return self.ok
+
+
+class HealthChecker:
+    """Checks replicas over HTTP with its own Session (its connections never mix with traffic)."""
+
+    def __init__(self, path: str, timeout: float):
+        self.path = path
+        self.timeout = timeout
+        self.session = requests.Session()
+        self.session.trust_env = False  # no proxy variables: replicas are on loopback
+        self.session.headers.clear()
+        self.session.headers["User-Agent"] = "nmc-health-check"
+
+    def check(self, base_url: str) -> CheckResult:
+        try:
+            response = self.session.get(base_url + self.path, timeout=self.timeout,
+                                        allow_redirects=False)
+            response.close()
+        except requests.exceptions.Timeout:
+            return CheckResult(False, f"no answer within {self.timeout:g}s")
+        except requests.exceptions.ConnectionError as e:
+            return CheckResult(False, _connection_reason(e))
+        except requests.exceptions.RequestException as e:
+            return CheckResult(False, f"bad answer: {type(e).__name__}")
+        if 200 <= response.status_code < 300:
+            return CheckResult(True, f"status {response.status_code}")
+        return CheckResult(False, f"status {response.status_code}")
+
+    def close(self) -> None:
+        self.session.close()
+
+
+def _connection_reason(e: Exception) -> str:
+    text = str(e).lower()
+    if "refused" in text:
+        return "connection refused"
+    if "reset" in text:
+        return "connection reset"
+    if "aborted" in text or "remotedisconnected" in text or "closed" in text:
+        return "connection closed without an answer"
+    return "connection failed"

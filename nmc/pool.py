@@ -1,0 +1,83 @@
+"""Replicas, their live state, and the round-robin choice among the ready ones.
+
+A replica's life is a small state machine; every transition goes through
+`Replica.change_state`, which logs it, so the log shows changes of state and never steady state.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import time
+from dataclasses import dataclass, field
+
+from nmc.config import REPLICA_HOST
+
+log = logging.getLogger(__name__)
+
+
+class State(enum.Enum):
+    STARTING = "starting"  # container being created, or not yet answering its health URL
+    READY = "ready"        # in the rotation
+    DOWN = "down"          # failed a check or a request: out of the rotation, to be replaced
+    STOPPING = "stopping"  # being removed on purpose
+    STOPPED = "stopped"    # removed, or left running for the next start (--keep)
+
+
+@dataclass(eq=False)
+class Replica:
+    """One slot of the cluster: a host port, and the container that currently serves it."""
+
+    name: str
+    port: int
+    host: str = REPLICA_HOST
+    container_id: str | None = None
+    state: State = State.STARTING
+    since: float = field(default_factory=time.monotonic)
+    restarts: int = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def short_id(self) -> str:
+        return (self.container_id or "-")[:12]
+
+    def change_state(self, new: State, reason: str = "") -> bool:
+        """Move to `new`, logging the transition; False (and silence) when already there."""
+        if new is self.state:
+            return False
+        old, self.state, self.since = self.state, new, time.monotonic()
+        level = logging.WARNING if new is State.DOWN else logging.INFO
+        log.log(level, "replica %s (port %d, container %s): %s -> %s%s", self.name, self.port,
+                self.short_id, old.value, new.value, f" ({reason})" if reason else "")
+        return True
+
+
+class Pool:
+    """The cluster's replicas in port order, and the round-robin cursor over them."""
+
+    def __init__(self, replicas: list[Replica]):
+        self.replicas = list(replicas)
+        self._cursor = 0
+
+    def __iter__(self):
+        return iter(self.replicas)
+
+    def __len__(self) -> int:
+        return len(self.replicas)
+
+    def ready(self) -> list[Replica]:
+        return [r for r in self.replicas if r.state is State.READY]
+
+    def next_ready(self, skip: tuple[Replica, ...] = ()) -> Replica | None:
+        """The next ready replica after the last one chosen, skipping `skip`; None if none is."""
+        count = len(self.replicas)
+        for step in range(count):
+            index = (self._cursor + step) % count
+            replica = self.replicas[index]
+            if replica.state is State.READY and replica not in skip:
+                self._cursor = index + 1
+                return replica
+        return None

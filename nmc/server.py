@@ -1,0 +1,206 @@
+"""The gevent.pywsgi server in front of the proxy, and the life of a whole nmc-server process.
+
+Signals only queue their name; the main loop dispatches `handle_<signal>` (as gunicorn does),
+so nothing heavy ever runs inside a signal handler.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import signal
+import socket
+from contextlib import nullcontext
+
+import gevent
+import gevent.queue
+from gevent.pywsgi import WSGIHandler, WSGIServer
+
+from nmc.config import Config
+from nmc.containers import Engine
+from nmc.errors import NmcError
+from nmc.proxy import Proxy
+from nmc.supervisor import Supervisor
+
+log = logging.getLogger(__name__)
+
+LISTEN_BACKLOG = 1024
+FORCED_STOP_TIMEOUT = 1  # seconds containers get to stop when the user insists (second Ctrl-C)
+
+
+class PortInUse(NmcError):
+    pass
+
+
+class ProxyHandler(WSGIHandler):
+    """pywsgi's handler, plus what a relay needs: the request exactly as received, one write."""
+
+    def get_environ(self):
+        environ = super().get_environ()
+        environ["RAW_URI"] = self.path
+        environ["nmc.headers"] = list(_header_pairs(self.headers.headers))
+        return environ
+
+    def _write_with_headers(self, data):
+        # pywsgi sends the headers and the body in two send()s; with the client's delayed ACK
+        # that stalls every small answer ~40 ms. Send them together (and TCP_NODELAY is set).
+        self.headers_sent = True
+        self.finalize_headers()
+        towrite = bytearray(b"HTTP/1.1 ")
+        towrite += self.status
+        towrite += b"\r\n"
+        for name, value in self.response_headers:
+            towrite += name + b": " + value + b"\r\n"
+        towrite += b"\r\n"
+        if data and not self.response_use_chunked:
+            towrite += data
+            self._sendall(towrite)
+        else:
+            self._sendall(towrite)
+            self._write(data)
+
+
+    def _log_error(self, t, v, tb):
+        # pywsgi prints a traceback through the hub; a user sees one line (the trace at DEBUG)
+        if not issubclass(t, gevent.GreenletExit):
+            log.error("error while handling %s %s: %s: %s", self.command, self.path, t.__name__, v,
+                      exc_info=(t, v, tb) if log.isEnabledFor(logging.DEBUG) else None)
+
+
+def _header_pairs(lines):
+    """Raw header lines ('Name: value\\r\\n', continuation lines folded in) as (name, value)."""
+    name = value = None
+    for line in lines:
+        if name is not None and line[:1] in " \t":
+            value += " " + line.strip()
+            continue
+        if name is not None:
+            yield name, value
+        name, _, value = line.partition(":")
+        name, value = name.strip(), value.strip()
+    if name is not None:
+        yield name, value
+
+
+def bind_listener(address: str, port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        # Accepted sockets inherit it on Linux: small answers leave at once (see ProxyHandler).
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.bind((address, port))
+        sock.listen(LISTEN_BACKLOG)
+    except OSError as e:
+        sock.close()
+        if e.errno == errno.EADDRINUSE:
+            raise PortInUse(f"port {port} on {address} is already in use: stop what holds it or "
+                            "choose another --port") from None
+        if e.errno == errno.EACCES:
+            raise PortInUse(f"no permission to listen on port {port}: choose a port above 1023 "
+                            "or run as root") from None
+        raise PortInUse(f"cannot listen on {address}:{port}: {e.strerror}") from None
+    return sock
+
+
+class NmcServer:
+    """One nmc-server process: the listener, the replicas' supervisor, and their shutdown."""
+
+    def __init__(self, config: Config):
+        self.config = config
+        self.signals: gevent.queue.Queue[str] = gevent.queue.Queue()
+        self.supervisor: Supervisor | None = None
+        self.http: WSGIServer | None = None
+        self._interrupts = 0
+
+    def run(self, progress=None) -> int:
+        """Start the cluster and serve until SIGINT/SIGTERM; returns the exit code.
+
+        `progress(text)` returns a context manager shown while the cluster starts (a spinner).
+        """
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            gevent.signal_handler(signum, self.signals.put, signal.Signals(signum).name)
+        listener = bind_listener(self.config.bind, self.config.port)
+        try:
+            engine = Engine.connect()
+            self.supervisor = Supervisor(self.config, engine)
+            with (progress or _no_progress)("Starting cluster..."):
+                if not self._start_cluster():
+                    return 130
+            proxy = Proxy(self.supervisor.pool, self.supervisor.report_failure,
+                          backend_timeout=self.config.backend_timeout,
+                          log_requests=not self.config.quiet)
+            self.http = WSGIServer(listener, proxy, handler_class=ProxyHandler, log=None,
+                                   error_log=_ErrorLog())
+            self.http.start()
+            self.supervisor.watch()
+            shown = "localhost" if self.config.bind in ("0.0.0.0", "::") else self.config.bind
+            log.info("serving on http://%s:%d (%d replicas, ports %d-%d)", shown, self.config.port,
+                     self.config.replicas, self.config.base_port, self.config.replica_ports[-1])
+            while self.http is not None:
+                getattr(self, "handle_" + self.signals.get().lower())()
+            return 0
+        finally:
+            listener.close()
+            if self.supervisor is not None and not self.supervisor.stopped:
+                self.supervisor.stop(remove=not self.config.keep, stop_timeout=FORCED_STOP_TIMEOUT)
+
+    def _start_cluster(self) -> bool:
+        """Start the replicas; False when a signal cut the start short (they are removed)."""
+        start = gevent.spawn(self.supervisor.start)
+        interrupted = gevent.spawn(self.signals.peek)
+        gevent.wait([start, interrupted], count=1)
+        if not start.ready():
+            start.kill()
+            log.info("interrupted while starting: removing the replicas started so far")
+            self.supervisor.stop(remove=True, stop_timeout=FORCED_STOP_TIMEOUT)
+            return False
+        interrupted.kill()
+        if start.exception is not None:
+            # nothing was served: a failed start leaves nothing behind, --keep or not
+            self.supervisor.stop(remove=True, stop_timeout=FORCED_STOP_TIMEOUT)
+            raise start.exception
+        return True
+
+    def handle_sigint(self) -> None:
+        self._interrupts += 1
+        if self._interrupts == 1:
+            self._stop(graceful=True)
+
+    handle_sigterm = handle_sigint
+
+    def _stop(self, graceful: bool) -> None:
+        """Stop accepting, let in-flight requests finish (bounded), then stop the replicas."""
+        http, self.http = self.http, None
+        log.info("stopping: no new connections; in-flight requests get up to %gs",
+                 self.config.graceful_timeout)
+        draining = gevent.spawn(http.stop, timeout=self.config.graceful_timeout)
+        # a second signal while draining cuts it short
+        again = gevent.spawn(self.signals.get)
+        gevent.wait([draining, again], count=1)
+        forced = again.ready()
+        if forced:
+            log.warning("second signal: stopping at once")
+            draining.kill()
+            http.stop(timeout=0)
+        else:
+            again.kill()
+        keep = self.config.keep and not forced
+        self.supervisor.stop(remove=not keep, stop_timeout=FORCED_STOP_TIMEOUT if forced else 5)
+        log.info("stopped%s", " (replicas left running: --keep)" if keep else "")
+
+
+class _ErrorLog:
+    """pywsgi's error_log: one log line, never a traceback on the console."""
+
+    def write(self, text: str) -> None:
+        text = text.strip()
+        if text:
+            log.warning("%s", text.splitlines()[-1])
+
+    def flush(self) -> None:
+        pass
+
+
+def _no_progress(text: str):
+    log.info("%s", text)
+    return nullcontext()

@@ -1,0 +1,238 @@
+"""Keeps the desired replicas alive: adopt or start them, check them, replace the ones that fail.
+
+All of it runs in greenlets: replicas start in parallel, every replica is checked in its own
+greenlet (a hung one delays no other), and each replacement runs on its own with a backoff.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+
+import gevent
+import gevent.event
+import gevent.pool
+
+from nmc.config import REPLICA_HOST, Config
+from nmc.containers import LABEL_SETTINGS, Engine, EngineError, PortBusy, ReplicaSpec
+from nmc.errors import NmcError
+from nmc.health import HealthChecker
+from nmc.pool import Pool, Replica, State
+
+log = logging.getLogger(__name__)
+
+READY_POLL = 0.1        # seconds between health probes while a replica starts
+BACKOFF_FIRST = 1.0     # seconds before the second try at replacing a replica ...
+BACKOFF_MAX = 60.0      # ... doubling up to this
+LOG_LINES = 5           # container log lines quoted when a replica fails to start
+
+
+class ReplicaStartFailed(NmcError):
+    """A replica exited, or never answered its health URL, while starting."""
+
+
+class Supervisor:
+    """Owns the replicas' containers: the one place that starts, replaces and removes them."""
+
+    def __init__(self, config: Config, engine: Engine, checker: HealthChecker | None = None):
+        self.config = config
+        self.engine = engine
+        self.checker = checker or HealthChecker(config.health_path, config.check_timeout)
+        self.pool = Pool([Replica(config.replica_name(port), port) for port in config.replica_ports])
+        self.image_id = ""
+        self._tasks = gevent.pool.Group()  # checks and replacements in flight
+        self._replacing: set[Replica] = set()
+        self._monitor: gevent.Greenlet | None = None
+        self._stopping = False
+        self.stopped = False
+
+    # -- start -------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Adopt matching leftovers, start the missing replicas in parallel, wait until all answer.
+
+        On failure the replicas started so far stay in the pool; the caller stops them.
+        """
+        self.image_id = self.engine.image_id(self.config.image)
+        self._adopt_or_remove_leftovers()
+        missing = [r for r in self.pool if r.container_id is None]
+        for replica in missing:
+            _check_port_free(replica.port)
+        starts = [gevent.spawn(self._start, r) for r in missing]
+        starts += [gevent.spawn(self._wait_ready, r) for r in self.pool if r not in missing]
+        gevent.joinall(starts)
+        for greenlet in starts:
+            if greenlet.exception is not None:
+                raise greenlet.exception
+
+    def _adopt_or_remove_leftovers(self) -> None:
+        by_port = {r.port: r for r in self.pool}
+        for info in self.engine.list_cluster(self.config.name):
+            replica = by_port.get(info.port)
+            matches = (replica is not None and replica.container_id is None
+                       and info.name == replica.name and info.running
+                       and info.labels.get(LABEL_SETTINGS) == self._spec(replica).settings_hash(self.image_id))
+            if matches:
+                replica.container_id = info.id
+                log.info("adopting running container %s (%s) from an earlier run", info.name, info.short_id)
+            else:
+                log.info("removing leftover container %s (%s, %s): it does not match this cluster's "
+                         "settings", info.name, info.short_id, info.status)
+                self.engine.remove(info.id, stop_timeout=2)
+
+    def _spec(self, replica: Replica) -> ReplicaSpec:
+        return ReplicaSpec(cluster=self.config.name, name=replica.name, image=self.config.image,
+                           host_port=replica.port, container_port=self.config.container_port,
+                           host_ip=REPLICA_HOST)
+
+    def _start(self, replica: Replica) -> None:
+        """Run a fresh container for `replica` and wait until it answers; READY on success."""
+        replica.change_state(State.STARTING)
+        info = self.engine.run(self._spec(replica), self.image_id)
+        replica.container_id = info.id
+        self._wait_ready(replica)
+
+    def _wait_ready(self, replica: Replica) -> None:
+        started = time.monotonic()
+        deadline = started + self.config.start_timeout
+        next_inspect = started
+        while True:
+            result = self.checker.check(replica.url)
+            if result.ok:
+                replica.change_state(State.READY, f"answered {self.config.health_path} "
+                                                  f"after {time.monotonic() - started:.2f}s")
+                return
+            now = time.monotonic()
+            if now >= next_inspect:  # an exited container never answers: say so at once
+                next_inspect = now + 0.5
+                info = self.engine.inspect(replica.container_id)
+                if info is None or not info.running:
+                    exit_text = ("was removed" if info is None
+                                 else f"exited with code {info.exit_code}" if info.status == "exited"
+                                 else f"is {info.status}")
+                    raise ReplicaStartFailed(f"replica {replica.name} {exit_text} while starting"
+                                             + self._last_logs(replica))
+            if now >= deadline:
+                raise ReplicaStartFailed(
+                    f"replica {replica.name} did not answer {self.config.health_path} within "
+                    f"{self.config.start_timeout:g}s (last try: {result.reason})" + self._last_logs(replica))
+            gevent.sleep(READY_POLL)
+
+    def _last_logs(self, replica: Replica) -> str:
+        try:
+            lines = self.engine.tail_logs(replica.container_id, LOG_LINES) if replica.container_id else []
+        except EngineError:
+            lines = []
+        lines = [line.strip() for line in lines if line.strip()]
+        return "; its last log lines: " + " | ".join(lines) if lines else "; it logged nothing"
+
+    # -- watch -------------------------------------------------------------------------------
+
+    def watch(self) -> None:
+        """Start the periodic liveness checks in the background."""
+        self._monitor = gevent.spawn(self._monitor_loop)
+
+    def _monitor_loop(self) -> None:
+        while not self._stopping:
+            gevent.sleep(self.config.check_interval)
+            for replica in self.pool:
+                if replica.state is State.READY and replica not in self._replacing:
+                    self._tasks.spawn(self._check, replica)
+
+    def _check(self, replica: Replica) -> None:
+        result = self.checker.check(replica.url)
+        if result.ok:
+            if replica.state is State.DOWN and replica not in self._replacing:
+                replica.change_state(State.READY, result.reason)
+            return
+        self.replace(replica, self._failure_reason(replica, result.reason))
+
+    def _failure_reason(self, replica: Replica, http_reason: str) -> str:
+        try:
+            info = self.engine.inspect(replica.container_id) if replica.container_id else None
+        except EngineError:
+            return http_reason
+        if info is None:
+            return "container is gone"
+        if info.status == "exited":
+            return f"container exited with code {info.exit_code}"
+        if not info.running:
+            return f"container is {info.status}"
+        return http_reason
+
+    def report_failure(self, replica: Replica, reason: str) -> None:
+        """The proxy could not reach `replica`: out of the rotation now, and checked at once."""
+        if self._stopping or replica.state is not State.READY:
+            return
+        replica.change_state(State.DOWN, reason)
+        self._tasks.spawn(self._check, replica)
+
+    def replace(self, replica: Replica, reason: str) -> None:
+        """Take `replica` out of the rotation and start a new container in its place."""
+        if self._stopping or replica in self._replacing:
+            return
+        replica.change_state(State.DOWN, reason)
+        self._replacing.add(replica)
+        self._tasks.spawn(self._replace, replica)
+
+    def _replace(self, replica: Replica) -> None:
+        delay = BACKOFF_FIRST
+        try:
+            while not self._stopping:
+                try:
+                    if replica.container_id:
+                        self.engine.remove(replica.container_id, stop_timeout=1)
+                        replica.container_id = None
+                    self._start(replica)
+                    replica.restarts += 1
+                    return
+                except NmcError as e:
+                    replica.change_state(State.DOWN, "replacement failed")
+                    log.error("could not replace replica %s: %s; trying again in %gs",
+                              replica.name, e, delay)
+                gevent.sleep(delay)
+                delay = min(delay * 2, BACKOFF_MAX)
+        finally:
+            self._replacing.discard(replica)
+
+    # -- stop --------------------------------------------------------------------------------
+
+    def stop(self, remove: bool = True, stop_timeout: float = 5) -> None:
+        """Stop checking; remove every replica's container in parallel (unless `remove` is False)."""
+        self._stopping = True
+        self.stopped = True
+        if self._monitor is not None:
+            self._monitor.kill()
+        self._tasks.kill()
+        if not remove:
+            for replica in self.pool:
+                if replica.container_id:
+                    replica.change_state(State.STOPPED, "left running (--keep)")
+            return
+        removals = [gevent.spawn(self._remove, r, stop_timeout) for r in self.pool if r.container_id]
+        gevent.joinall(removals)
+        self.checker.close()
+
+    def _remove(self, replica: Replica, stop_timeout: float) -> None:
+        replica.change_state(State.STOPPING)
+        try:
+            self.engine.remove(replica.container_id, stop_timeout=stop_timeout)
+        except EngineError as e:
+            log.error("could not remove container %s of replica %s: %s", replica.short_id, replica.name, e)
+            return
+        replica.change_state(State.STOPPED, "container removed")
+        replica.container_id = None
+
+
+def _check_port_free(port: int) -> None:
+    """Fail before touching Docker when a replica's host port is taken (Docker's own error is cryptic)."""
+    probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind((REPLICA_HOST, port))
+    except OSError:
+        raise PortBusy(f"host port {port} is already in use: stop what holds it or choose "
+                       "another --base-port") from None
+    finally:
+        probe.close()

@@ -1,0 +1,21 @@
+from setuptools import find_packages, setup
+
+from nmc import __version__
+
+setup(
+    name="nmc",
+    version=__version__,
+    description="N replicas of a Node.js site in Docker, behind one port, relayed round-robin",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.11",
+    packages=find_packages(include=["nmc", "nmc.*"]),
+    install_requires=[
+        "gevent>=24.2",
+        "requests>=2.31",
+        "docker>=7.0",
+        "docopt-ng>=0.9",
+    ],
+    extras_require={"test": ["pytest>=8"]},
+    entry_points={"console_scripts": ["nmc-server=nmc.__main__:run"]},
+)

@@ -1,0 +1,152 @@
+"""End to end: nmc_server.py as a user runs it, real containers, real sockets."""
+
+from __future__ import annotations
+
+import re
+import signal
+import time
+
+import requests
+
+from conftest import LOG_LINE, free_port_block, get, wait_until
+
+
+def hostname(url: str) -> str:
+    return get(url + "/whoami").json()["hostname"]
+
+
+def cluster_containers(docker_client, name):
+    return docker_client.containers.list(all=True, filters={"label": f"nmc.cluster={name}"})
+
+
+def test_requests_alternate_between_the_replicas_and_are_logged(cluster, cluster_name):
+    process, url, ports = cluster
+    start = len(process.lines)
+    names = [hostname(url) for _ in range(6)]
+    assert set(names) == {f"{cluster_name}-{port}" for port in ports}
+    assert names[0::2] == [names[0]] * 3 and names[1::2] == [names[1]] * 3  # strict alternation
+    process.wait_for_line(r"Forwarding request to port: \d+$", start=start)
+    forwarded = [line for line in process.lines[start:] if "Forwarding request to port" in line]
+    assert len(forwarded) == 6
+    for line in forwarded:  # Go's log format: 2020/08/05 22:16:19 Forwarding request to port: 3002
+        assert re.fullmatch(r"\d{4}/\d{2}/\d{2} \d{2}:\d{2}:\d{2} Forwarding request to port: \d+", line)
+    logged_ports = [int(line.rsplit(" ", 1)[1]) for line in forwarded]
+    assert sorted(set(logged_ports)) == ports
+    # the port logged is the replica that answered
+    assert [f"{cluster_name}-{port}" for port in logged_ports] == names
+
+
+def test_start_prints_the_check_mark_and_serves_the_home_page(cluster):
+    process, url, ports = cluster
+    assert process.stdout == ["✓ Starting cluster..."]
+    page = get(url + "/")
+    assert page.status_code == 200 and "text/html" in page.headers["Content-Type"]
+    assert any(f"-{port}" in page.text for port in ports)
+    assert all(LOG_LINE.match(line) for line in process.lines)
+
+
+def test_replicas_are_named_labelled_and_published_on_loopback(cluster, docker_client, cluster_name):
+    process, url, ports = cluster
+    containers = cluster_containers(docker_client, cluster_name)
+    assert sorted(c.name for c in containers) == [f"{cluster_name}-{p}" for p in ports]
+    for container in containers:
+        port = int(container.labels["nmc.port"])
+        assert container.name == f"{cluster_name}-{port}"
+        assert container.status == "running"
+        bindings = container.attrs["HostConfig"]["PortBindings"]["8080/tcp"]
+        assert bindings == [{"HostIp": "127.0.0.1", "HostPort": str(port)}]
+        assert container.attrs["Config"]["Hostname"] == container.name
+        assert container.labels["nmc.settings"]
+
+
+def test_a_killed_replica_is_replaced_and_serves_again(cluster, docker_client, cluster_name):
+    process, url, ports = cluster
+    victim = docker_client.containers.get(f"{cluster_name}-{ports[0]}")
+    start = len(process.lines)
+    killed_at = time.monotonic()
+    victim.kill()
+    # requests keep being answered by the surviving replica while the victim is replaced
+    for _ in range(10):
+        assert get(url + "/whoami").status_code == 200
+    process.wait_for_line(rf"replica {cluster_name}-{ports[0]} .*ready -> down", start=start)
+    process.wait_for_line(rf"replica {cluster_name}-{ports[0]} .*starting -> ready", start=start,
+                          timeout=30)
+    replaced_after = time.monotonic() - killed_at
+    replacement = docker_client.containers.get(f"{cluster_name}-{ports[0]}")
+    assert replacement.id != victim.id and replacement.status == "running"
+    names = {hostname(url) for _ in range(4)}
+    assert names == {f"{cluster_name}-{ports[0]}", f"{cluster_name}-{ports[1]}"}
+    assert replaced_after < 30
+    assert len(cluster_containers(docker_client, cluster_name)) == 2  # the dead one was removed
+
+
+def test_a_hung_replica_is_taken_out_and_replaced(cluster, docker_client, cluster_name):
+    process, url, ports = cluster
+    victim = docker_client.containers.get(f"{cluster_name}-{ports[1]}")
+    start = len(process.lines)
+    victim.pause()  # still "there", but answers nothing: only a check with a timeout sees it
+    process.wait_for_line(rf"replica {cluster_name}-{ports[1]} .*ready -> down", start=start,
+                          timeout=20)
+    process.wait_for_line(rf"replica {cluster_name}-{ports[1]} .*starting -> ready", start=start,
+                          timeout=30)
+    replacement = docker_client.containers.get(f"{cluster_name}-{ports[1]}")
+    assert replacement.id != victim.id and replacement.status == "running"
+    assert {hostname(url) for _ in range(4)} == {f"{cluster_name}-{p}" for p in ports}
+
+
+def test_sigterm_finishes_in_flight_requests_and_removes_every_container(cluster, docker_client,
+                                                                         cluster_name):
+    process, url, ports = cluster
+    import threading
+
+    slow: dict = {}
+    thread = threading.Thread(target=lambda: slow.update(r=get(url + "/slow?ms=1500")))
+    thread.start()
+    wait_until(lambda: any("Forwarding request" in line for line in process.lines[-3:]),
+               what="the slow request reached the proxy")
+    process.signal(signal.SIGTERM)
+    assert process.wait_exit(30) == 0
+    thread.join(10)
+    assert slow["r"].status_code == 200  # the in-flight request finished
+    assert cluster_containers(docker_client, cluster_name) == []
+    assert "Traceback" not in process.log
+    try:
+        requests.get(url, timeout=2)
+        raise AssertionError("the proxy still answers after it stopped")
+    except requests.ConnectionError:
+        pass
+
+
+def test_quiet_turns_the_request_lines_off(cluster_name, run_nmc):
+    base = free_port_block(2)
+    process = run_nmc("--name", cluster_name, "--bind", "127.0.0.1", "--port", str(base + 1),
+                      "--base-port", str(base), "-n", "1", "-q")
+    process.wait_serving()
+    for _ in range(3):
+        assert get(f"http://127.0.0.1:{base + 1}/healthz").status_code == 200
+    process.signal(signal.SIGINT)
+    assert process.wait_exit(30) == 0
+    assert "Forwarding request" not in process.log
+    assert "stopped" in process.lines[-1]
+
+
+def test_keep_leaves_the_replicas_and_the_next_start_adopts_them(cluster_name, run_nmc, docker_client):
+    base = free_port_block(3)
+    args = ("--name", cluster_name, "--bind", "127.0.0.1", "--port", str(base + 2),
+            "--base-port", str(base), "-n", "2")
+    first = run_nmc(*args, "--keep")
+    first.wait_serving()
+    first.signal(signal.SIGTERM)
+    assert first.wait_exit(30) == 0
+    kept = {c.name: c.id for c in cluster_containers(docker_client, cluster_name)}
+    assert len(kept) == 2 and all(c.status == "running"
+                                  for c in cluster_containers(docker_client, cluster_name))
+
+    second = run_nmc(*args)
+    second.wait_serving()
+    assert second.log.count("adopting running container") == 2
+    assert {c.name: c.id for c in cluster_containers(docker_client, cluster_name)} == kept
+    assert get(f"http://127.0.0.1:{base + 2}/healthz").status_code == 200
+    second.signal(signal.SIGTERM)
+    assert second.wait_exit(30) == 0
+    assert cluster_containers(docker_client, cluster_name) == []
