@@ -1,0 +1,85 @@
+"""Config validation and option parsing: pure logic."""
+
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+from nmc import __version__
+from nmc.cli import parse_args
+from nmc.config import Config
+from nmc.errors import UsageError
+
+
+def test_defaults_match_the_original():
+    config = parse_args([])
+    assert (config.port, config.replicas, config.base_port) == (3000, 2, 3001)
+    assert (config.image, config.container_port, config.name) == ("nodejs.org", 8080, "nmc")
+    assert (config.check_interval, config.health_path) == (5.0, "/healthz")
+    assert config.replica_ports == [3001, 3002]
+    assert config.replica_name(3002) == "nmc-3002"
+    assert not config.quiet and not config.keep
+
+
+def test_options_reach_the_config():
+    config = parse_args(["-p", "8000", "-n", "4", "--base-port", "9001", "--image", "site:2",
+                         "--container-port", "80", "--name", "shop", "--health-path", "/up",
+                         "--check-interval", "0.5", "-q", "--keep"])
+    assert config == Config(port=8000, replicas=4, base_port=9001, image="site:2", container_port=80,
+                            name="shop", health_path="/up", check_interval=0.5, quiet=True, keep=True)
+    assert config.replica_ports == [9001, 9002, 9003, 9004]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["-n", "0"], "--replicas must be from 1 to 64, not 0"),
+    (["-n", "two"], "--replicas must be a whole number, not 'two'"),
+    (["-p", "70000"], "--port must be a port number from 1 to 65535, not 70000"),
+    (["--check-interval", "abc"], "--check-interval must be a number of seconds, not 'abc'"),
+    (["--check-interval", "0"], "--check-interval must be more than 0 seconds"),
+    (["--check-interval", "nan"], "--check-interval must be a number of seconds, not 'nan'"),
+    (["--base-port", "65535"], "--base-port 65535 with 2 replicas needs ports up to 65536"),
+    (["-p", "3002"], "--port 3002 falls inside the replicas' ports 3001-3002"),
+    (["--name", "a/b"], "--name 'a/b' is not a valid container name"),
+    (["--health-path", "healthz"], "--health-path must start with '/'"),
+    (["--bogus"], "unknown option --bogus"),
+    (["-qz"], "unknown option -z"),
+    (["extra"], "unexpected argument 'extra'"),
+    (["--port"], "--port requires argument"),
+    (["-p", "1", "-p", "2"], "an option is given twice"),
+])
+def test_bad_options_give_one_line(argv, message):
+    with pytest.raises(UsageError) as error:
+        parse_args(argv)
+    assert message in str(error.value)
+    assert "\n" not in str(error.value)
+    assert error.value.exit_code == 2
+
+
+def test_environment_settings_for_gunicorn():
+    config = Config.from_env({"NMC_REPLICAS": "3", "NMC_PORT": "8080", "NMC_QUIET": "yes",
+                              "UNRELATED": "x"})
+    assert (config.replicas, config.port, config.quiet) == (3, 8080, True)
+    with pytest.raises(UsageError, match="--replicas must be a whole number"):
+        Config.from_env({"NMC_REPLICAS": "many"})
+
+
+def run_script(*args):
+    return subprocess.run([sys.executable, str(ROOT / "nmc_server.py"), *args],
+                          capture_output=True, text=True, timeout=30)
+
+
+def test_version_and_help():
+    version = run_script("--version")
+    assert (version.returncode, version.stdout) == (0, f"nmc-server {__version__}\n")
+    assert run_script("-v").stdout == version.stdout
+    help_text = run_script("-h")
+    assert help_text.returncode == 0
+    assert "Usage:" in help_text.stdout and "--check-interval SECONDS" in help_text.stdout
+
+
+def test_a_bad_option_exits_2_with_one_line_and_no_traceback():
+    result = run_script("-n", "0")
+    assert result.returncode == 2
+    assert result.stderr == "nmc-server: error: --replicas must be from 1 to 64, not 0\n"
+    assert result.stdout == ""
