@@ -18,7 +18,7 @@ from gevent.pywsgi import WSGIHandler, WSGIServer
 
 from nmc.config import Config
 from nmc.containers import Engine
-from nmc.errors import NmcError
+from nmc.errors import NmcError, capture
 from nmc.proxy import Proxy
 from nmc.supervisor import Supervisor
 
@@ -146,7 +146,7 @@ class NmcServer:
 
     def _start_cluster(self) -> bool:
         """Start the replicas; False when a signal cut the start short (they are removed)."""
-        start = gevent.spawn(self.supervisor.start)
+        start = gevent.spawn(capture, self.supervisor.start)
         interrupted = gevent.spawn(self.signals.peek)
         gevent.wait([start, interrupted], count=1)
         if not start.ready():
@@ -155,10 +155,10 @@ class NmcServer:
             self.supervisor.stop(remove=True, stop_timeout=FORCED_STOP_TIMEOUT)
             return False
         interrupted.kill()
-        if start.exception is not None:
+        if start.value is not None:
             # nothing was served: a failed start leaves nothing behind, --keep or not
             self.supervisor.stop(remove=True, stop_timeout=FORCED_STOP_TIMEOUT)
-            raise start.exception
+            raise start.value
         return True
 
     def handle_sigint(self) -> None:

@@ -16,7 +16,7 @@ import gevent.pool
 
 from nmc.config import REPLICA_HOST, Config
 from nmc.containers import LABEL_SETTINGS, Engine, EngineError, PortBusy, ReplicaSpec
-from nmc.errors import NmcError
+from nmc.errors import NmcError, capture
 from nmc.health import HealthChecker
 from nmc.pool import Pool, Replica, State
 
@@ -59,12 +59,12 @@ class Supervisor:
         missing = [r for r in self.pool if r.container_id is None]
         for replica in missing:
             _check_port_free(replica.port)
-        starts = [gevent.spawn(self._start, r) for r in missing]
-        starts += [gevent.spawn(self._wait_ready, r) for r in self.pool if r not in missing]
+        starts = [gevent.spawn(capture, self._start, r) for r in missing]
+        starts += [gevent.spawn(capture, self._wait_ready, r) for r in self.pool if r not in missing]
         gevent.joinall(starts)
         for greenlet in starts:
-            if greenlet.exception is not None:
-                raise greenlet.exception
+            if greenlet.value is not None:
+                raise greenlet.value
 
     def _adopt_or_remove_leftovers(self) -> None:
         by_port = {r.port: r for r in self.pool}
