@@ -18,7 +18,7 @@ from gevent.pywsgi import WSGIHandler, WSGIServer
 
 from nmc.config import Config
 from nmc.containers import Engine
-from nmc.errors import NmcError, capture
+from nmc.errors import NmcError, UsageError, capture
 from nmc.proxy import Proxy
 from nmc.supervisor import Supervisor
 
@@ -30,6 +30,10 @@ FORCED_STOP_TIMEOUT = 1  # seconds containers get to stop when the user insists 
 
 class PortInUse(NmcError):
     pass
+
+
+class Interrupted(NmcError):
+    exit_code = 130
 
 
 class ProxyHandler(WSGIHandler):
@@ -98,6 +102,9 @@ def bind_listener(address: str, port: int) -> socket.socket:
         if e.errno == errno.EACCES:
             raise PortInUse(f"no permission to listen on port {port}: choose a port above 1023 "
                             "or run as root") from None
+        if e.errno == errno.EADDRNOTAVAIL or isinstance(e, socket.gaierror):
+            raise UsageError(f"--bind {address}: not an address of this machine "
+                             f"({e.strerror or e})") from None
         raise PortInUse(f"cannot listen on {address}:{port}: {e.strerror}") from None
     return sock
 
@@ -124,8 +131,7 @@ class NmcServer:
             engine = Engine.connect()
             self.supervisor = Supervisor(self.config, engine)
             with (progress or _no_progress)("Starting cluster..."):
-                if not self._start_cluster():
-                    return 130
+                self._start_cluster()
             proxy = Proxy(self.supervisor.pool, self.supervisor.report_failure,
                           backend_timeout=self.config.backend_timeout,
                           log_requests=not self.config.quiet)
@@ -144,22 +150,21 @@ class NmcServer:
             if self.supervisor is not None and not self.supervisor.stopped:
                 self.supervisor.stop(remove=not self.config.keep, stop_timeout=FORCED_STOP_TIMEOUT)
 
-    def _start_cluster(self) -> bool:
-        """Start the replicas; False when a signal cut the start short (they are removed)."""
+    def _start_cluster(self) -> None:
+        """Start the replicas; Interrupted when a signal cuts the start short (they are removed)."""
         start = gevent.spawn(capture, self.supervisor.start)
         interrupted = gevent.spawn(self.signals.peek)
         gevent.wait([start, interrupted], count=1)
         if not start.ready():
-            start.kill()
             log.info("interrupted while starting: removing the replicas started so far")
             self.supervisor.stop(remove=True, stop_timeout=FORCED_STOP_TIMEOUT)
-            return False
+            start.join()
+            raise Interrupted("interrupted while starting; the replicas started so far were removed")
         interrupted.kill()
         if start.value is not None:
             # nothing was served: a failed start leaves nothing behind, --keep or not
             self.supervisor.stop(remove=True, stop_timeout=FORCED_STOP_TIMEOUT)
             raise start.value
-        return True
 
     def handle_sigint(self) -> None:
         self._interrupts += 1

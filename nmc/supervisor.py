@@ -26,6 +26,7 @@ READY_POLL = 0.1        # seconds between health probes while a replica starts
 BACKOFF_FIRST = 1.0     # seconds before the second try at replacing a replica ...
 BACKOFF_MAX = 60.0      # ... doubling up to this
 LOG_LINES = 5           # container log lines quoted when a replica fails to start
+TASKS_STOP_WAIT = 40.0  # seconds stop() waits for tasks to notice it (an engine call takes <= 30)
 
 
 class ReplicaStartFailed(NmcError):
@@ -44,8 +45,15 @@ class Supervisor:
         self._tasks = gevent.pool.Group()  # checks and replacements in flight
         self._replacing: set[Replica] = set()
         self._monitor: gevent.Greenlet | None = None
-        self._stopping = False
+        # Set by stop(). A task creating a container is never killed mid-call (the engine would
+        # finish creating it unseen): it is in _creating, and looks at the event when done.
+        self._stop_event = gevent.event.Event()
+        self._creating: set[gevent.Greenlet] = set()
         self.stopped = False
+
+    @property
+    def _stopping(self) -> bool:
+        return self._stop_event.is_set()
 
     # -- start -------------------------------------------------------------------------------
 
@@ -59,8 +67,9 @@ class Supervisor:
         missing = [r for r in self.pool if r.container_id is None]
         for replica in missing:
             _check_port_free(replica.port)
-        starts = [gevent.spawn(capture, self._start, r) for r in missing]
-        starts += [gevent.spawn(capture, self._wait_ready, r) for r in self.pool if r not in missing]
+        # in the task group, so that stop() also ends starts still under way
+        starts = [self._tasks.spawn(capture, self._start, r) for r in missing]
+        starts += [self._tasks.spawn(capture, self._wait_ready, r) for r in self.pool if r not in missing]
         gevent.joinall(starts)
         for greenlet in starts:
             if greenlet.value is not None:
@@ -89,8 +98,15 @@ class Supervisor:
     def _start(self, replica: Replica) -> None:
         """Run a fresh container for `replica` and wait until it answers; READY on success."""
         replica.change_state(State.STARTING)
-        info = self.engine.run(self._spec(replica), self.image_id)
-        replica.container_id = info.id
+        if self._stopping:
+            raise ReplicaStartFailed(f"replica {replica.name}: start cancelled, nmc is stopping")
+        task = gevent.getcurrent()
+        self._creating.add(task)
+        try:
+            info = self.engine.run(self._spec(replica), self.image_id)
+            replica.container_id = info.id  # from here on, stop() removes it
+        finally:
+            self._creating.discard(task)
         self._wait_ready(replica)
 
     def _wait_ready(self, replica: Replica) -> None:
@@ -98,6 +114,8 @@ class Supervisor:
         deadline = started + self.config.start_timeout
         next_inspect = started
         while True:
+            if self._stopping:
+                raise ReplicaStartFailed(f"replica {replica.name}: start cancelled, nmc is stopping")
             result = self.checker.check(replica.url)
             if result.ok:
                 replica.change_state(State.READY, f"answered {self.config.health_path} "
@@ -117,7 +135,7 @@ class Supervisor:
                 raise ReplicaStartFailed(
                     f"replica {replica.name} did not answer {self.config.health_path} within "
                     f"{self.config.start_timeout:g}s (last try: {result.reason})" + self._last_logs(replica))
-            gevent.sleep(READY_POLL)
+            self._stop_event.wait(READY_POLL)
 
     def _last_logs(self, replica: Replica) -> str:
         try:
@@ -134,8 +152,7 @@ class Supervisor:
         self._monitor = gevent.spawn(self._monitor_loop)
 
     def _monitor_loop(self) -> None:
-        while not self._stopping:
-            gevent.sleep(self.config.check_interval)
+        while not self._stop_event.wait(self.config.check_interval):
             for replica in self.pool:
                 if replica.state is State.READY and replica not in self._replacing:
                     self._tasks.spawn(self._check, replica)
@@ -191,7 +208,7 @@ class Supervisor:
                     replica.change_state(State.DOWN, "replacement failed")
                     log.error("could not replace replica %s: %s; trying again in %gs",
                               replica.name, e, delay)
-                gevent.sleep(delay)
+                self._stop_event.wait(delay)
                 delay = min(delay * 2, BACKOFF_MAX)
         finally:
             self._replacing.discard(replica)
@@ -199,11 +216,16 @@ class Supervisor:
     # -- stop --------------------------------------------------------------------------------
 
     def stop(self, remove: bool = True, stop_timeout: float = 5) -> None:
-        """Stop checking; remove every replica's container in parallel (unless `remove` is False)."""
-        self._stopping = True
+        """Stop checking and starting; remove the cluster's containers in parallel (unless not
+        `remove`), including any whose creation was cut short before its id was known."""
+        self._stop_event.set()
         self.stopped = True
         if self._monitor is not None:
-            self._monitor.kill()
+            self._monitor.kill()  # it only waits on the event between rounds
+        for task in list(self._tasks):
+            if task not in self._creating:  # checks, waits and backoffs: safe to cut short
+                task.kill(block=False)
+        self._tasks.join(timeout=TASKS_STOP_WAIT)
         self._tasks.kill()
         if not remove:
             for replica in self.pool:
@@ -212,7 +234,23 @@ class Supervisor:
             return
         removals = [gevent.spawn(self._remove, r, stop_timeout) for r in self.pool if r.container_id]
         gevent.joinall(removals)
+        self._remove_unrecorded()
         self.checker.close()
+
+    def _remove_unrecorded(self) -> None:
+        """Containers labelled with this cluster that no replica knows of: a start was interrupted
+        between the engine creating the container and nmc learning its id."""
+        try:
+            strays = self.engine.list_cluster(self.config.name)
+        except EngineError as e:
+            log.error("could not list the cluster's containers to clean up: %s", e)
+            return
+        for info in strays:
+            log.info("removing container %s (%s): its start was interrupted", info.name, info.short_id)
+            try:
+                self.engine.remove(info.id, stop_timeout=0)
+            except EngineError as e:
+                log.error("could not remove container %s: %s", info.name, e)
 
     def _remove(self, replica: Replica, stop_timeout: float) -> None:
         replica.change_state(State.STOPPING)
