@@ -43,8 +43,22 @@ if [ -z "$base" ]; then
   base=$local_base
 fi
 
-say "building $IMAGE on $base"
-# The CLI may warn that the legacy builder is deprecated (no buildx): harmless here.
-docker build --build-arg NODE_IMAGE="$base" -t "$IMAGE" "$here" >&2 \
-  || die "docker build of $IMAGE on $base failed (see above)"
-docker image inspect -f '{{.Id}}' "$IMAGE"
+started=$(date +%s)
+transcript=$(mktemp)
+trap 'rm -f "$transcript"' EXIT
+# The transcript is shown when the build fails, or always with VERBOSE=1. (The CLI may warn that
+# the legacy builder is deprecated when buildx is missing: harmless.)
+build() { docker build --build-arg NODE_IMAGE="$base" -t "$IMAGE" "$here"; }
+status=0
+if [ "${VERBOSE:-0}" = 1 ]; then
+  build 2>&1 | tee "$transcript" >&2 || status=$?
+else
+  build >"$transcript" 2>&1 || status=$?
+fi
+if [ "$status" != 0 ]; then
+  [ "${VERBOSE:-0}" = 1 ] || cat "$transcript" >&2
+  die "docker build of $IMAGE on $base failed (see above)"
+fi
+id=$(docker image inspect -f '{{.Id}}' "$IMAGE")
+say "built $IMAGE on $base: ${id#sha256:} ($(( $(date +%s) - started ))s)"
+echo "$id"
