@@ -13,6 +13,8 @@ import socket
 from contextlib import nullcontext
 
 import gevent
+import gevent.event
+import gevent.pool
 import gevent.queue
 from gevent.pywsgi import WSGIHandler, WSGIServer
 
@@ -37,7 +39,35 @@ class Interrupted(NmcError):
 
 
 class ProxyHandler(WSGIHandler):
-    """pywsgi's handler, plus what a relay needs: the request exactly as received, one write."""
+    """pywsgi's handler, plus what a relay needs: the request exactly as received, one write,
+    and a drain on stop (idle keep-alive connections close at once, busy ones after answering)."""
+
+    busy = False  # between reading a request and finishing its answer
+
+    def handle(self):
+        self.server.connections.add(self)
+        try:
+            super().handle()
+        finally:
+            self.server.connections.discard(self)
+
+    def handle_one_response(self):
+        self.busy = True
+        try:
+            super().handle_one_response()
+        finally:
+            self.busy = False
+            if self.server.draining:
+                self.close_connection = True
+            self.server.request_done()
+
+    def close_if_idle(self) -> None:
+        """Called on drain: a connection waiting for its next request is closed now."""
+        if not self.busy and self.socket is not None:
+            try:
+                self.socket.shutdown(socket.SHUT_RDWR)  # wakes the greenlet blocked in recv
+            except OSError:
+                pass
 
     def get_environ(self):
         environ = super().get_environ()
@@ -55,6 +85,10 @@ class ProxyHandler(WSGIHandler):
         towrite += b"\r\n"
         for name, value in self.response_headers:
             towrite += name + b": " + value + b"\r\n"
+        if self.server.draining:
+            self.close_connection = True
+        if self.close_connection and self.request_version == "HTTP/1.1":
+            towrite += b"Connection: close\r\n"  # pywsgi closes without saying so
         towrite += b"\r\n"
         if data and not self.response_use_chunked:
             towrite += data
@@ -64,11 +98,54 @@ class ProxyHandler(WSGIHandler):
             self._write(data)
 
 
+    def handle_error(self, t, v, tb):
+        if issubclass(t, gevent.GreenletExit):  # a forced stop cut this request short
+            self.close_connection = True
+            if not self.response_length and not self.headers_sent:
+                body = b"503 Service Unavailable: nmc-server is stopping\n"
+                self.start_response("503 Service Unavailable", [
+                    ("Content-Type", "text/plain; charset=utf-8"),
+                    ("Content-Length", str(len(body)))])
+                try:
+                    self.write(body)
+                except OSError:
+                    pass
+            return
+        super().handle_error(t, v, tb)
+
     def _log_error(self, t, v, tb):
         # pywsgi prints a traceback through the hub; a user sees one line (the trace at DEBUG)
         if not issubclass(t, gevent.GreenletExit):
             log.error("error while handling %s %s: %s: %s", self.command, self.path, t.__name__, v,
                       exc_info=(t, v, tb) if log.isEnabledFor(logging.DEBUG) else None)
+
+
+class ProxyServer(WSGIServer):
+    """pywsgi's server with its connections known, so that stop() can drain them."""
+
+    handler_class = ProxyHandler
+
+    def __init__(self, listener, application, max_connections: int = 10000, **kwargs):
+        super().__init__(listener, application, spawn=gevent.pool.Pool(max_connections), **kwargs)
+        self.connections: set[ProxyHandler] = set()
+        self.draining = False
+        self._idle = gevent.event.Event()
+
+    def request_done(self) -> None:
+        if self.draining and not any(c.busy for c in self.connections):
+            self._idle.set()
+
+    def drain(self, timeout: float) -> bool:
+        """Stop accepting, close idle connections, let busy ones finish their request for up to
+        `timeout` seconds, then cut what is left. True when nothing had to be cut."""
+        self.close()
+        self.draining = True
+        for connection in list(self.connections):
+            connection.close_if_idle()
+        self.request_done()
+        drained = self._idle.wait(timeout)
+        self.stop(timeout=0)
+        return bool(drained)
 
 
 def _header_pairs(lines):
@@ -135,8 +212,7 @@ class NmcServer:
             proxy = Proxy(self.supervisor.pool, self.supervisor.report_failure,
                           backend_timeout=self.config.backend_timeout,
                           log_requests=not self.config.quiet)
-            self.http = WSGIServer(listener, proxy, handler_class=ProxyHandler, log=None,
-                                   error_log=_ErrorLog())
+            self.http = ProxyServer(listener, proxy, log=None, error_log=_ErrorLog())
             self.http.start()
             self.supervisor.watch()
             shown = "localhost" if self.config.bind in ("0.0.0.0", "::") else self.config.bind
@@ -178,7 +254,7 @@ class NmcServer:
         http, self.http = self.http, None
         log.info("stopping: no new connections; in-flight requests get up to %gs",
                  self.config.graceful_timeout)
-        draining = gevent.spawn(http.stop, timeout=self.config.graceful_timeout)
+        draining = gevent.spawn(http.drain, self.config.graceful_timeout)
         # a second signal while draining cuts it short
         again = gevent.spawn(self.signals.get)
         gevent.wait([draining, again], count=1)
@@ -189,6 +265,8 @@ class NmcServer:
             http.stop(timeout=0)
         else:
             again.kill()
+            if not draining.value:
+                log.warning("requests still running after %gs were cut", self.config.graceful_timeout)
         keep = self.config.keep and not forced
         self.supervisor.stop(remove=not keep, stop_timeout=FORCED_STOP_TIMEOUT if forced else 5)
         log.info("stopped%s", " (replicas left running: --keep)" if keep else "")
