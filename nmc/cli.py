@@ -45,6 +45,13 @@ Options:
   --backend-timeout SECONDS  Seconds a replica has to start answering a request (then 504)
                              [default: 30].
   --graceful-timeout SECONDS  Seconds in-flight requests get to finish on stop [default: 10].
+  --header-timeout SECONDS   Seconds a client has to send a request's line and headers
+                             [default: 10].
+  --idle-timeout SECONDS     Seconds an idle keep-alive client connection stays open
+                             [default: 60].
+  --max-connections N        Open client connections at most; past it new ones get a 503
+                             [default: 10000].
+  --no-served-by             Do not name the replica in an X-Served-By answer header.
   --keep                     Leave the replicas running on exit; the next start with the
                              same --name adopts them.
   -q, --quiet                No log line per request.
@@ -68,6 +75,7 @@ def parse_args(argv: list[str]) -> Config:
         raise UsageError(_docopt_problem(e, argv)) from None
     values = {key.lstrip("-").replace("-", "_"): value for key, value in args.items()
               if key.startswith("--")}
+    values["served_by"] = not values.pop("no_served_by")
     return Config.from_strings(values)
 
 

@@ -35,6 +35,10 @@ class Config:
     start_timeout: float = 30.0
     backend_timeout: float = 30.0
     graceful_timeout: float = 10.0
+    header_timeout: float = 10.0
+    idle_timeout: float = 60.0
+    max_connections: int = 10000
+    served_by: bool = True
     quiet: bool = False
     keep: bool = False
 
@@ -65,9 +69,12 @@ class Config:
             raise UsageError("--image must not be empty")
         if not self.health_path.startswith("/"):
             raise UsageError(f"--health-path must start with '/', not {self.health_path!r}")
-        for option in ("check_interval", "check_timeout", "start_timeout", "backend_timeout"):
+        for option in ("check_interval", "check_timeout", "start_timeout", "backend_timeout",
+                       "header_timeout", "idle_timeout"):
             if getattr(self, option) <= 0:
                 raise UsageError(f"--{option.replace('_', '-')} must be more than 0 seconds")
+        if self.max_connections < 1:
+            raise UsageError(f"--max-connections must be at least 1, not {self.max_connections}")
         if self.graceful_timeout < 0:
             raise UsageError("--graceful-timeout must not be negative")
         return self

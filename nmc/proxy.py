@@ -16,6 +16,7 @@ import requests.adapters
 import urllib3
 from requests.structures import CaseInsensitiveDict
 
+from nmc import tunnel
 from nmc.pool import Pool, Replica
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,7 @@ class Proxy:
         method = environ["REQUEST_METHOD"]
         target = _request_target(environ)
         headers, body = _request_headers_and_body(environ)
+        upgrade = _upgrade_requested(environ)
         tried: list[Replica] = []
         while True:
             replica = self.pool.next_ready(skip=tuple(tried))
@@ -80,6 +82,13 @@ class Proxy:
             tried.append(replica)
             if self.log_requests:
                 log.info("Forwarding request to port: %d", replica.port)
+            if upgrade:
+                try:
+                    return tunnel.relay_upgrade(environ, start_response, replica, target, headers,
+                                                CONNECT_TIMEOUT, self.timeout[1])
+                except tunnel.TunnelRefused as e:
+                    self.report_failure(replica, str(e))
+                    continue
             request = requests.PreparedRequest()
             request.method = method
             request.url = replica.url + target
@@ -160,6 +169,15 @@ def _request_headers_and_body(environ: dict):
     elif environ.get("HTTP_TRANSFER_ENCODING", "").lower() == "chunked":
         body = iter(lambda: stream.read(CHUNK), b"")
     return headers, body
+
+
+def _upgrade_requested(environ: dict) -> str | None:
+    """The protocol a request asks to switch to (`Connection: upgrade` + `Upgrade: x`), or None."""
+    upgrade = environ.get("HTTP_UPGRADE")
+    connection = environ.get("HTTP_CONNECTION", "").lower()
+    if upgrade and "upgrade" in (token.strip() for token in connection.split(",")):
+        return upgrade
+    return None
 
 
 def _connection_named(pairs) -> set[str]:

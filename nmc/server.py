@@ -73,6 +73,10 @@ class ProxyHandler(WSGIHandler):
         environ = super().get_environ()
         environ["RAW_URI"] = self.path
         environ["nmc.headers"] = list(_header_pairs(self.headers.headers))
+        # for tunnels (WebSocket): the client's socket, and its reader (which may hold bytes
+        # the client sent right after the request head)
+        environ["nmc.socket"] = self.socket
+        environ["nmc.rfile"] = self.rfile
         return environ
 
     def _write_with_headers(self, data):
