@@ -1,14 +1,19 @@
 """The WSGI callable: pick a ready replica, relay the request to it, stream its answer back.
 
-The proxy decides *where* a request goes; a `requests.Session` decides *how* it gets there
-(connection pooling, keep-alive). Backend failures become 502/503/504 answers here, in one place.
+The proxy decides *where* a request goes and *what* it carries; a `requests.Session` decides *how*
+it gets there (connection pooling, keep-alive). The rules follow Go's httputil.ReverseProxy:
+the request target and headers are relayed as received, hop-by-hop headers (the fixed list and
+every header named in `Connection`) are dropped both ways, X-Forwarded-For is appended to, and
+a backend failure becomes a 502/503/504 answer in one place, `_error`.
 """
 
 from __future__ import annotations
 
 import errno
 import logging
-from typing import Callable, Iterable
+import re
+import uuid
+from typing import Callable, Iterable, Iterator
 from urllib.parse import quote, urlsplit
 
 import requests
@@ -21,18 +26,24 @@ from nmc.pool import Pool, Replica
 
 log = logging.getLogger(__name__)
 
-# Hop-by-hop headers (RFC 9110 section 7.6.1, plus the old Keep-Alive and Proxy-Connection):
-# they describe one connection, so they are never relayed in either direction.
+# Hop-by-hop headers (RFC 9110 7.6.1, plus the old Keep-Alive and Proxy-Connection): they
+# describe one connection, so they are never relayed in either direction. Expect is answered by
+# the server itself (100 Continue when the body is first read), so it is not relayed either.
 HOP_BY_HOP = frozenset((
     "connection", "keep-alive", "proxy-connection", "proxy-authenticate", "proxy-authorization",
     "te", "trailer", "trailers", "transfer-encoding", "upgrade",
 ))
+NOT_RELAYED = HOP_BY_HOP | {"expect"}
+# Set by the relay: a client's own values are replaced (X-Forwarded-For is appended to instead).
+SET_BY_RELAY = frozenset(("x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-request-id"))
 CHUNK = 256 * 1024        # stream bodies in chunks this big (8 KiB chunks cost 4x on 10 MiB bodies)
 SMALL_BODY = 64 * 1024    # answers up to this size are read whole and sent with the headers
 CONNECT_TIMEOUT = 2.0     # a replica on loopback accepts at once or not at all
 RETRY_AFTER = "1"         # seconds, in 503 answers
 # Requests that may be sent again to another replica when the first broke mid-way (RFC 9110 9.2.2).
 IDEMPOTENT = frozenset(("GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"))
+REQUEST_ID = re.compile(r"^[A-Za-z0-9._:+/=-]{1,128}$")
+REASONS = {400: "Bad Request", 502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout"}
 
 FailureReporter = Callable[[Replica, str], None]
 
@@ -45,13 +56,26 @@ class BackendBroke(ConnectionResetError):
         super().__init__(errno.ECONNRESET, message)
 
 
+class ClientBodyError(Exception):
+    """Reading the client's request body failed (malformed chunks, or the client went away)."""
+
+
+class _RelayAdapter(requests.adapters.HTTPAdapter):
+    """Sends request bodies in CHUNK-sized blocks (urllib3's default is 16 KiB)."""
+
+    def init_poolmanager(self, connections, maxsize, block=False, **pool_kwargs):
+        pool_kwargs.setdefault("blocksize", CHUNK)
+        super().init_poolmanager(connections, maxsize, block, **pool_kwargs)
+
+
 def make_session(pool_size: int = 1024) -> requests.Session:
     """A Session that adds nothing of its own to relayed requests and keeps many connections."""
     session = requests.Session()
     session.trust_env = False   # no proxy, .netrc or CA lookups in the environment per request
     session.headers.clear()     # no User-Agent / Accept / Accept-Encoding the client did not send
-    adapter = requests.adapters.HTTPAdapter(pool_connections=64, pool_maxsize=pool_size,
-                                            pool_block=False, max_retries=0)
+    session.max_redirects = 0
+    adapter = _RelayAdapter(pool_connections=64, pool_maxsize=pool_size, pool_block=False,
+                            max_retries=0)
     session.mount("http://", adapter)
     return session
 
@@ -60,25 +84,31 @@ class Proxy:
     """WSGI application relaying every request to the pool's replicas in round-robin order."""
 
     def __init__(self, pool: Pool, report_failure: FailureReporter | None = None, *,
-                 backend_timeout: float = 30.0, log_requests: bool = True,
+                 backend_timeout: float = 30.0, log_requests: bool = True, served_by: bool = True,
                  session: requests.Session | None = None):
         self.pool = pool
         self.report_failure = report_failure or (lambda replica, reason: None)
         self.timeout = (CONNECT_TIMEOUT, backend_timeout)
         self.log_requests = log_requests
+        self.served_by = served_by
         self.session = session or make_session()
 
     def __call__(self, environ: dict, start_response) -> Iterable[bytes]:
+        request_id = _request_id(environ)
         method = environ["REQUEST_METHOD"]
         target = _request_target(environ)
-        headers, body = _request_headers_and_body(environ)
+        headers = _request_headers(environ, request_id)
         upgrade = _upgrade_requested(environ)
+        try:
+            body = _request_body(environ)
+        except ClientBodyError as e:
+            return _error(start_response, 400, str(e), request_id)
         tried: list[Replica] = []
         while True:
             replica = self.pool.next_ready(skip=tuple(tried))
             if replica is None:
                 what = "no replica is ready" if not tried else "no replica could be reached"
-                return _error(start_response, 503, what, [("Retry-After", RETRY_AFTER)])
+                return _error(start_response, 503, what, request_id, [("Retry-After", RETRY_AFTER)])
             tried.append(replica)
             if self.log_requests:
                 log.info("Forwarding request to port: %d", replica.port)
@@ -102,19 +132,34 @@ class Proxy:
                 continue  # nothing was sent: any request may go elsewhere
             except requests.exceptions.ReadTimeout:
                 return _error(start_response, 504, f"replica {replica.name} did not answer within "
-                                                   f"{self.timeout[1]:g}s")
+                                                   f"{self.timeout[1]:g}s", request_id)
             except requests.exceptions.ConnectionError as e:
+                if body is not None and body.failed is not None:  # the client's fault, not the replica's
+                    return _error(start_response, 400, f"request body: {body.failed}", request_id)
                 if _never_connected(e):
                     self.report_failure(replica, "connection refused")
                     continue
                 self.report_failure(replica, "connection broken")
                 if body is None and method in IDEMPOTENT:
                     continue
-                return _error(start_response, 502, f"replica {replica.name} broke the connection")
+                return _error(start_response, 502, f"replica {replica.name} broke the connection",
+                              request_id)
             except requests.exceptions.RequestException as e:
                 log.warning("relay to %s failed: %s", replica.name, e)
-                return _error(start_response, 502, f"replica {replica.name} sent an invalid answer")
-            return _relay_response(response, replica, start_response, method)
+                return _error(start_response, 502, f"replica {replica.name} sent an invalid answer",
+                              request_id)
+            extra = [("X-Served-By", replica.name)] if self.served_by else []
+            extra.append(("X-Request-ID", request_id))
+            return _relay_response(response, replica, start_response, method, extra)
+
+
+# -- the request --------------------------------------------------------------------------------
+
+
+def _request_id(environ: dict) -> str:
+    """The client's X-Request-ID when it is a sane token, else a new one."""
+    given = environ.get("HTTP_X_REQUEST_ID", "")
+    return given if REQUEST_ID.match(given) else uuid.uuid4().hex
 
 
 def _request_target(environ: dict) -> str:
@@ -125,50 +170,113 @@ def _request_target(environ: dict) -> str:
     if raw and raw != "*":
         # absolute-form (GET http://host/path): only its path and query; the host is ours
         parts = urlsplit(raw)
-        if parts.path.startswith("/"):
-            return parts.path + ("?" + parts.query if parts.query else "")
+        path = parts.path if parts.path.startswith("/") else "/" + parts.path
+        return path + ("?" + parts.query if parts.query else "")
     target = quote(environ.get("PATH_INFO", "") or "/", safe="/;=,:@!$&'()*+~")
     query = environ.get("QUERY_STRING")
     return target + "?" + query if query else target
 
 
-def _request_headers_and_body(environ: dict):
-    """The headers to send on (end-to-end ones only) and the body (None, a file, or chunks)."""
+def _client_header_pairs(environ: dict) -> list[tuple[str, str]]:
     pairs = environ.get("nmc.headers")
-    if pairs is None:  # not our pywsgi handler (e.g. gunicorn): rebuild from the CGI keys
-        pairs = [(key[5:].replace("_", "-").title(), value)
-                 for key, value in environ.items() if key.startswith("HTTP_")]
-        if environ.get("CONTENT_TYPE"):
-            pairs.append(("Content-Type", environ["CONTENT_TYPE"]))
-        if environ.get("CONTENT_LENGTH"):
-            pairs.append(("Content-Length", environ["CONTENT_LENGTH"]))
-    connection_named = _connection_named(pairs)
+    if pairs is not None:
+        return pairs
+    # not our pywsgi handler (e.g. gunicorn): rebuild from the CGI keys
+    pairs = [(key[5:].replace("_", "-").title(), value)
+             for key, value in environ.items() if key.startswith("HTTP_")]
+    if environ.get("CONTENT_TYPE"):
+        pairs.append(("Content-Type", environ["CONTENT_TYPE"]))
+    if environ.get("CONTENT_LENGTH"):
+        pairs.append(("Content-Length", environ["CONTENT_LENGTH"]))
+    return pairs
+
+
+def _request_headers(environ: dict, request_id: str) -> dict[str, str]:
+    """The headers to send on: the client's end-to-end ones, then X-Forwarded-* and X-Request-ID."""
+    pairs = _client_header_pairs(environ)
+    dropped = NOT_RELAYED | _connection_named(pairs)
     headers: dict[str, str] = {}
-    lowered: set[str] = set()
+    names: dict[str, str] = {}  # lower-case name -> the spelling first sent
+    forwarded_for = []
     for name, value in pairs:
         lower = name.lower()
-        if lower in HOP_BY_HOP or lower in connection_named:
+        if lower in dropped:
             continue
-        if lower in lowered:  # a repeated header travels as one comma-joined line
-            existing = next(k for k in headers if k.lower() == lower)
-            separator = "; " if lower == "cookie" else ", "
-            headers[existing] = headers[existing] + separator + value
+        if lower in SET_BY_RELAY:
+            if lower == "x-forwarded-for":
+                forwarded_for.append(value)
+            continue
+        if lower in names:  # a repeated header travels as one comma-joined line (RFC 9110 5.3)
+            headers[names[lower]] += ("; " if lower == "cookie" else ", ") + value
         else:
+            names[lower] = name
             headers[name] = value
-            lowered.add(lower)
+    forwarded_for.append(environ.get("REMOTE_ADDR") or "unknown")
+    headers["X-Forwarded-For"] = ", ".join(forwarded_for)
+    headers["X-Forwarded-Proto"] = environ.get("wsgi.url_scheme", "http")
+    if "host" in names:
+        headers["X-Forwarded-Host"] = headers[names["host"]]
+    headers["X-Request-ID"] = request_id
     # urllib3 adds these unless told not to; the replica should see only what the client sent
     for name in ("User-Agent", "Accept-Encoding"):
-        if name.lower() not in lowered:
+        if name.lower() not in names:
             headers[name] = urllib3.util.SKIP_HEADER
+    return headers
 
-    body = None
+
+class _ClientBody:
+    """The client's request body as urllib3 reads it (a file, or an iterator of chunks), keeping
+    the error if reading fails, so that a bad or vanished client is not blamed on the replica."""
+
+    def __init__(self, stream, chunked: bool):
+        self.stream = stream
+        self.failed: Exception | None = None
+        if chunked:
+            # read the first piece now: a malformed first chunk is a 400 before anything is relayed
+            self._first = self._guarded(_read_chunk_piece, stream)
+            if self.failed is not None:
+                raise ClientBodyError(str(self.failed))
+
+    def _guarded(self, read, *args) -> bytes:
+        try:
+            return read(*args)
+        except (OSError, ValueError) as e:
+            self.failed = e
+            raise
+
+    def read(self, size: int = -1) -> bytes:  # a Content-Length body: urllib3 reads it as a file
+        return self._guarded(self.stream.read, size)
+
+    def __iter__(self) -> Iterator[bytes]:  # a chunked body: urllib3 sends each piece as a chunk
+        piece = self._first
+        while piece:
+            yield piece
+            piece = self._guarded(_read_chunk_piece, self.stream)
+
+
+def _request_body(environ: dict) -> _ClientBody | None:
+    """None when the request has no body (then no framing header reaches the replica)."""
     stream = environ["wsgi.input"]
     length = environ.get("CONTENT_LENGTH")
     if length and length != "0":
-        body = stream
-    elif environ.get("HTTP_TRANSFER_ENCODING", "").lower() == "chunked":
-        body = iter(lambda: stream.read(CHUNK), b"")
-    return headers, body
+        return _ClientBody(stream, chunked=False)
+    if environ.get("HTTP_TRANSFER_ENCODING", "").lower() == "chunked":
+        body = _ClientBody(stream, chunked=True)
+        return body if body._first else None
+    return None
+
+
+def _read_chunk_piece(stream) -> bytes:
+    """Up to CHUNK bytes of a chunked body, but never more than the rest of the current chunk:
+    pywsgi's read(n) waits for n bytes across chunks, which would hold a slow upload back."""
+    if not hasattr(stream, "chunk_length"):  # not pywsgi's Input
+        return stream.read(CHUNK)
+    left = stream.chunk_length - stream.position
+    if left > 0:
+        return stream.read(min(left, CHUNK))
+    first = stream.read(1)  # reads the next chunk-size line (or the last chunk)
+    left = stream.chunk_length - stream.position
+    return first + stream.read(min(left, CHUNK - 1)) if first and left > 0 else first
 
 
 def _upgrade_requested(environ: dict) -> str | None:
@@ -195,44 +303,64 @@ def _never_connected(error: Exception) -> bool:
     return isinstance(reason, urllib3.exceptions.NewConnectionError)
 
 
-def _relay_response(response: requests.Response, replica: Replica, start_response, method: str):
+# -- the answer ---------------------------------------------------------------------------------
+
+
+def _relay_response(response: requests.Response, replica: Replica, start_response, method: str,
+                    extra_headers: list[tuple[str, str]]):
     raw = response.raw
-    connection_named = _connection_named(raw.headers.items())
+    dropped = HOP_BY_HOP | _connection_named(raw.headers.items())
     headers = [(name, value) for name, value in raw.headers.iteritems()
-               if name.lower() not in HOP_BY_HOP and name.lower() not in connection_named]
-    start_response(f"{response.status_code} {response.reason or ''}".rstrip(), headers)
-    if method == "HEAD" or response.status_code in (204, 304):
+               if name.lower() not in dropped]
+    start_response(f"{response.status_code} {response.reason or ''}".rstrip(),
+                   headers + extra_headers)
+    if method == "HEAD" or response.status_code in (204, 304) or response.status_code < 200:
         raw.release_conn()  # these never have a body, whatever Content-Length says
         return []
     length = raw.headers.get("Content-Length")
     if length is not None and length.isdigit() and int(length) <= SMALL_BODY:
         try:
-            data = raw.read(decode_content=False)  # read whole: the connection goes back to the pool
+            data = raw.read(decode_content=False)  # whole: sent with the headers in one write
         except (urllib3.exceptions.HTTPError, OSError) as e:
+            raw.close()
             raise BackendBroke(f"replica {replica.name} broke off its answer: {e}") from e
         if len(data) != int(length):
+            raw.close()
             raise BackendBroke(f"replica {replica.name} sent {len(data)} of {length} bytes")
+        raw.release_conn()
         return [data]
     return _stream_body(raw, replica)
 
 
 def _stream_body(raw, replica: Replica):
+    """The answer's body as it arrives, undecoded (a gzip answer stays gzip)."""
+    complete = False
     try:
-        for chunk in raw.stream(CHUNK, decode_content=False):
-            yield chunk
+        if raw.chunked:
+            yield from raw.read_chunked(CHUNK, decode_content=False)
+        else:
+            while True:  # read1: what has arrived, up to CHUNK; never waits for a full CHUNK
+                data = raw.read1(CHUNK, decode_content=False)
+                if not data:
+                    break
+                yield data
+        complete = True
     except (urllib3.exceptions.HTTPError, OSError) as e:
         log.warning("replica %s broke off an answer under way: %s", replica.name, e)
         raise BackendBroke(f"replica {replica.name} broke off its answer") from e
     finally:
+        if not complete:  # the client left, or the replica broke: this connection is done for
+            raw.close()
         raw.release_conn()
 
 
-def _error(start_response, status: int, message: str, extra_headers=()) -> list[bytes]:
-    reasons = {502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout"}
-    body = f"{status} {reasons[status]}: {message}\n".encode()
-    start_response(f"{status} {reasons[status]}", [
+def _error(start_response, status: int, message: str, request_id: str,
+           extra_headers=()) -> list[bytes]:
+    body = f"{status} {REASONS[status]}: {message} (request id {request_id})\n".encode()
+    start_response(f"{status} {REASONS[status]}", [
         ("Content-Type", "text/plain; charset=utf-8"),
         ("Content-Length", str(len(body))),
+        ("X-Request-ID", request_id),
         *extra_headers,
     ])
     return [body]

@@ -215,7 +215,7 @@ class NmcServer:
                 self._start_cluster()
             proxy = Proxy(self.supervisor.pool, self.supervisor.report_failure,
                           backend_timeout=self.config.backend_timeout,
-                          log_requests=not self.config.quiet)
+                          log_requests=not self.config.quiet, served_by=self.config.served_by)
             self.http = ProxyServer(listener, proxy, log=None, error_log=_ErrorLog())
             self.http.start()
             self.supervisor.watch()

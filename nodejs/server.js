@@ -5,6 +5,7 @@
 const http = require('http');
 const os = require('os');
 const crypto = require('crypto');
+const zlib = require('zlib');
 const { isUtf8 } = require('buffer');
 
 const PORT = Number(process.env.PORT) || 8080;
@@ -118,6 +119,7 @@ function homePage(req, res) {
     ['/slow?ms=1000', 'answers after a delay'],
     ['/big?mb=10', 'MiB of binary data'],
     ['/status/418', 'any status code'],
+    ['/headers?Set-Cookie=a%3D1&Set-Cookie=b%3D2', 'an answer with the headers asked for'],
     ['/ws', 'WebSocket echo'],
   ].map(([href, what]) => `<li><a href="${escapeHtml(href)}"><code>${escapeHtml(href)}</code></a> &mdash; ${escapeHtml(what)}</li>`)
     .join('\n        ');
@@ -288,6 +290,30 @@ function status(req, res, codeText) {
   sendText(res, code, `${code} ${http.STATUS_CODES[code] || 'Unknown'}\n`);
 }
 
+// /headers?Name=value&Name=value2: answers 200 with these headers, each name's values in order
+// with their repeats (relay tests of answer headers). With Content-Encoding=gzip the body is gzipped.
+const HEADER_NAME = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
+const GZIPPED = zlib.gzipSync(Buffer.from('hello, compressed world\n'));
+
+function headers(req, res, params) {
+  req.resume();
+  const asked = { 'X-Replica': [REPLICA] }; // name -> values: repeats kept, in order
+  let body = Buffer.from('headers as asked\n');
+  for (const [name, value] of params) {
+    if (!HEADER_NAME.test(name) || /[\r\n\0]/.test(value)) {
+      return sendText(res, 400, `invalid header: ${JSON.stringify(name)}\n`);
+    }
+    if (/^(content-length|transfer-encoding)$/i.test(name)) continue; // the framing is ours
+    if (/^content-encoding$/i.test(name) && /^gzip$/i.test(value)) body = GZIPPED;
+    (asked[name] = asked[name] || []).push(value);
+  }
+  asked['Content-Length'] = [String(body.length)];
+  res.removeHeader('X-Replica');
+  for (const [name, values] of Object.entries(asked)) res.setHeader(name, values);
+  res.writeHead(200);
+  res.end(body);
+}
+
 function crash(req, res) {
   req.resume(); // read (and drop) any request body so closing the socket cannot reset the reply
   res.on('finish', () => {
@@ -314,6 +340,7 @@ function handle(req, res) {
   if (pathname === '/big') return big(req, res, params);
   if (pathname.startsWith('/status/')) return status(req, res, pathname.slice('/status/'.length));
   if (pathname === '/crash') return crash(req, res);
+  if (pathname === '/headers') return headers(req, res, params);
   if (pathname === '/ws') {
     return sendJson(res, 426, { error: 'this is a WebSocket endpoint: send a WebSocket upgrade', url: req.url });
   }

@@ -4,7 +4,7 @@ import io
 
 import urllib3
 
-from nmc.proxy import _request_headers_and_body, _request_target
+from nmc.proxy import _request_body, _request_headers, _request_id, _request_target
 from nmc.server import _header_pairs
 
 
@@ -28,36 +28,51 @@ def test_without_a_raw_uri_the_path_is_quoted_again():
 
 
 def test_hop_by_hop_headers_and_those_named_in_connection_are_dropped():
-    headers, body = _request_headers_and_body(environ(**{"nmc.headers": [
+    headers = _request_headers(environ(REMOTE_ADDR="10.1.2.3", **{"nmc.headers": [
         ("Host", "example"), ("Connection", "keep-alive, X-Private"), ("Keep-Alive", "300"),
         ("X-Private", "secret"), ("TE", "trailers"), ("Upgrade", "h2c"), ("Accept", "*/*"),
-        ("Set-Thing", "a"), ("set-thing", "b")]}))
+        ("Expect", "100-continue"), ("Set-Thing", "a"), ("set-thing", "b")]}), "rid-1")
     assert headers == {"Host": "example", "Accept": "*/*", "Set-Thing": "a, b",
+                       "X-Forwarded-For": "10.1.2.3", "X-Forwarded-Proto": "http",
+                       "X-Forwarded-Host": "example", "X-Request-ID": "rid-1",
                        "User-Agent": urllib3.util.SKIP_HEADER,
                        "Accept-Encoding": urllib3.util.SKIP_HEADER}
-    assert body is None
 
 
-def test_a_get_without_a_body_gets_no_body_and_no_framing_header():
-    headers, body = _request_headers_and_body(environ(**{"nmc.headers": [("Host", "h")]}))
-    assert body is None
-    assert "Content-Length" not in headers and "Transfer-Encoding" not in headers
+def test_forwarded_for_is_appended_to_and_the_other_forwarded_headers_replaced():
+    headers = _request_headers(environ(REMOTE_ADDR="127.0.0.1", **{"nmc.headers": [
+        ("X-Forwarded-For", "203.0.113.7"), ("X-Forwarded-For", "198.51.100.1"),
+        ("X-Forwarded-Host", "spoofed"), ("X-Forwarded-Proto", "https"), ("Host", "shop:8443")]}),
+        "rid")
+    assert headers["X-Forwarded-For"] == "203.0.113.7, 198.51.100.1, 127.0.0.1"
+    assert headers["X-Forwarded-Host"] == "shop:8443"
+    assert headers["X-Forwarded-Proto"] == "http"
 
 
-def test_a_body_with_content_length_is_streamed_from_the_input():
-    stream = io.BytesIO(b"hello")
-    headers, body = _request_headers_and_body(environ(
-        REQUEST_METHOD="POST", CONTENT_LENGTH="5", **{"wsgi.input": stream, "nmc.headers": [
-            ("Host", "h"), ("Content-Length", "5")]}))
-    assert body is stream and headers["Content-Length"] == "5"
+def test_a_sane_request_id_is_kept_and_a_missing_or_odd_one_generated():
+    assert _request_id(environ(HTTP_X_REQUEST_ID="abc-123")) == "abc-123"
+    generated = {_request_id(environ()), _request_id(environ(HTTP_X_REQUEST_ID="bad id\x01"))}
+    assert len(generated) == 2 and all(len(g) == 32 for g in generated)
+
+
+def test_a_get_without_a_body_gets_no_body():
+    assert _request_body(environ()) is None
+
+
+def test_a_body_with_content_length_is_read_from_the_input():
+    body = _request_body(environ(REQUEST_METHOD="POST", CONTENT_LENGTH="5",
+                                 **{"wsgi.input": io.BytesIO(b"hello")}))
+    assert body.read(3) == b"hel" and body.read(-1) == b"lo"
 
 
 def test_a_chunked_body_is_relayed_as_chunks():
-    headers, body = _request_headers_and_body(environ(
-        REQUEST_METHOD="POST", HTTP_TRANSFER_ENCODING="chunked", **{
-            "wsgi.input": io.BytesIO(b"abc"), "nmc.headers": [("Transfer-Encoding", "chunked")]}))
-    assert "Transfer-Encoding" not in headers  # urllib3 frames the chunks itself
+    body = _request_body(environ(REQUEST_METHOD="POST", HTTP_TRANSFER_ENCODING="chunked",
+                                 **{"wsgi.input": io.BytesIO(b"abc")}))
     assert b"".join(body) == b"abc"
+
+
+def test_an_empty_chunked_body_is_no_body():
+    assert _request_body(environ(REQUEST_METHOD="POST", HTTP_TRANSFER_ENCODING="chunked")) is None
 
 
 def test_header_lines_are_parsed_with_their_order_and_repeats():
