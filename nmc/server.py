@@ -18,6 +18,7 @@ import gevent.pool
 import gevent.queue
 from gevent.pywsgi import WSGIHandler, WSGIServer
 
+from nmc import request_head
 from nmc.config import Config
 from nmc.containers import Engine
 from nmc.errors import NmcError, UsageError, capture
@@ -39,17 +40,89 @@ class Interrupted(NmcError):
 
 
 class ProxyHandler(WSGIHandler):
-    """pywsgi's handler, plus what a relay needs: the request exactly as received, one write,
-    and a drain on stop (idle keep-alive connections close at once, busy ones after answering)."""
+    """pywsgi's handler, plus what a relay needs: a strict request head (nmc.request_head) read
+    within --header-timeout, keep-alive connections closed after --idle-timeout, the request
+    exactly as received for the proxy, one write for small answers, and a drain on stop."""
 
-    busy = False  # between reading a request and finishing its answer
+    busy = False       # between reading a request and finishing its answer
+    answered = 0       # requests answered on this connection
+    _head_timer = None
 
     def handle(self):
-        self.server.connections.add(self)
+        server = self.server
+        if len(server.connections) >= server.max_connections:
+            self._refuse(b"503 Service Unavailable", b"too many open connections; try again\n")
+            return
+        server.connections.add(self)
         try:
             super().handle()
         finally:
-            self.server.connections.discard(self)
+            server.connections.discard(self)
+
+    def _refuse(self, status: bytes, body: bytes) -> None:
+        """Answer without reading the request, then a lingering close (no reset before it is read)."""
+        try:
+            self.socket.sendall(b"HTTP/1.1 " + status + b"\r\nContent-Type: text/plain\r\n"
+                                b"Retry-After: 1\r\nConnection: close\r\nContent-Length: "
+                                + str(len(body)).encode() + b"\r\n\r\n" + body)
+            self.socket.shutdown(socket.SHUT_WR)
+            self.socket.settimeout(1)
+            while self.socket.recv(65536):
+                pass
+        except OSError:
+            pass
+        finally:
+            self.socket.close()
+
+    def read_requestline(self):
+        # Waiting for a request to begin: --idle-timeout on a kept-alive connection, --header-timeout
+        # on a new one. From its first byte on, the whole head must arrive within --header-timeout.
+        # A timeout here raises socket.timeout, on which pywsgi closes the connection.
+        self.socket.settimeout(self.server.idle_timeout if self.answered else self.server.header_timeout)
+        if not self.rfile.peek(1):
+            return ""  # the client closed
+        self._head_timer = gevent.Timeout.start_new(
+            self.server.header_timeout, socket.timeout("request head too slow"))
+        return self.rfile.readline(request_head.MAX_REQUEST_LINE).decode("latin-1")
+
+    def read_request(self, raw_requestline):
+        try:
+            self.requestline = raw_requestline.rstrip()
+            self.command, self.path, self.request_version = \
+                request_head.parse_request_line(raw_requestline)
+            self.headers = request_head.read_headers(self.rfile.readline)
+            self.content_length = request_head.body_framing(self.headers, self.command)
+        except socket.timeout:
+            raise request_head.Rejected(
+                408, f"request head not received within {self.server.header_timeout:g}s") from None
+        finally:
+            self._stop_head_timer()
+        # reading the body and writing the answer: no progress for --idle-timeout cuts it
+        self.socket.settimeout(self.server.idle_timeout)
+        tokens = {t.strip().lower() for t in (self.headers.get("Connection") or "").split(",")}
+        if self.request_version == "HTTP/1.1":
+            self.close_connection = "close" in tokens
+        else:
+            self.close_connection = "keep-alive" not in tokens
+        return True
+
+    def handle_one_request(self):
+        try:
+            return super().handle_one_request()
+        finally:
+            self._stop_head_timer()
+
+    def _stop_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.close()
+            self._head_timer = None
+
+    def _handle_client_error(self, ex):
+        # pywsgi's own client errors (a malformed chunked body) become the same kind of answer
+        if not isinstance(ex, request_head.Rejected):
+            ex = request_head.Rejected(400, f"malformed request body ({ex})")
+        log.warning("refused a request from %s: %s", self.client_address[0], ex.formatted_message)
+        return str(ex.status), ex.response()
 
     def handle_one_response(self):
         self.busy = True
@@ -57,6 +130,7 @@ class ProxyHandler(WSGIHandler):
             super().handle_one_response()
         finally:
             self.busy = False
+            self.answered += 1
             if self.server.draining:
                 self.close_connection = True
             self.server.request_done()
@@ -72,7 +146,7 @@ class ProxyHandler(WSGIHandler):
     def get_environ(self):
         environ = super().get_environ()
         environ["RAW_URI"] = self.path
-        environ["nmc.headers"] = list(_header_pairs(self.headers.headers))
+        environ["nmc.headers"] = self.headers.pairs
         # for tunnels (WebSocket): the client's socket, and its reader (which may hold bytes
         # the client sent right after the request head)
         environ["nmc.socket"] = self.socket
@@ -129,8 +203,14 @@ class ProxyServer(WSGIServer):
 
     handler_class = ProxyHandler
 
-    def __init__(self, listener, application, max_connections: int = 10000, **kwargs):
-        super().__init__(listener, application, spawn=gevent.pool.Pool(max_connections), **kwargs)
+    def __init__(self, listener, application, *, max_connections: int = 10000,
+                 header_timeout: float = 10.0, idle_timeout: float = 60.0, **kwargs):
+        # The pool is unbounded: past max_connections, ProxyHandler answers 503 at once, where a
+        # full pool would stop accepting and leave new clients hanging in the backlog.
+        super().__init__(listener, application, spawn=gevent.pool.Pool(), **kwargs)
+        self.max_connections = max_connections
+        self.header_timeout = header_timeout
+        self.idle_timeout = idle_timeout
         self.connections: set[ProxyHandler] = set()
         self.draining = False
         self._idle = gevent.event.Event()
@@ -150,21 +230,6 @@ class ProxyServer(WSGIServer):
         drained = self._idle.wait(timeout)
         self.stop(timeout=0)
         return bool(drained)
-
-
-def _header_pairs(lines):
-    """Raw header lines ('Name: value\\r\\n', continuation lines folded in) as (name, value)."""
-    name = value = None
-    for line in lines:
-        if name is not None and line[:1] in " \t":
-            value += " " + line.strip()
-            continue
-        if name is not None:
-            yield name, value
-        name, _, value = line.partition(":")
-        name, value = name.strip(), value.strip()
-    if name is not None:
-        yield name, value
 
 
 def bind_listener(address: str, port: int) -> socket.socket:
@@ -216,7 +281,10 @@ class NmcServer:
             proxy = Proxy(self.supervisor.pool, self.supervisor.report_failure,
                           backend_timeout=self.config.backend_timeout,
                           log_requests=not self.config.quiet, served_by=self.config.served_by)
-            self.http = ProxyServer(listener, proxy, log=None, error_log=_ErrorLog())
+            self.http = ProxyServer(listener, proxy, max_connections=self.config.max_connections,
+                                    header_timeout=self.config.header_timeout,
+                                    idle_timeout=self.config.idle_timeout,
+                                    log=None, error_log=_ErrorLog())
             self.http.start()
             self.supervisor.watch()
             shown = "localhost" if self.config.bind in ("0.0.0.0", "::") else self.config.bind

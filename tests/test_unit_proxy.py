@@ -5,7 +5,6 @@ import io
 import urllib3
 
 from nmc.proxy import _request_body, _request_headers, _request_id, _request_target
-from nmc.server import _header_pairs
 
 
 def environ(**extra):
@@ -73,9 +72,3 @@ def test_a_chunked_body_is_relayed_as_chunks():
 
 def test_an_empty_chunked_body_is_no_body():
     assert _request_body(environ(REQUEST_METHOD="POST", HTTP_TRANSFER_ENCODING="chunked")) is None
-
-
-def test_header_lines_are_parsed_with_their_order_and_repeats():
-    lines = ["Host: a\r\n", "X-Many: 1\r\n", "x-many: 2\r\n", "X-Folded: one\r\n", "  two\r\n"]
-    assert list(_header_pairs(lines)) == [("Host", "a"), ("X-Many", "1"), ("x-many", "2"),
-                                          ("X-Folded", "one two")]
