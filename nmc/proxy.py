@@ -73,7 +73,6 @@ def make_session(pool_size: int = 1024) -> requests.Session:
     session = requests.Session()
     session.trust_env = False   # no proxy, .netrc or CA lookups in the environment per request
     session.headers.clear()     # no User-Agent / Accept / Accept-Encoding the client did not send
-    session.max_redirects = 0
     adapter = _RelayAdapter(pool_connections=64, pool_maxsize=pool_size, pool_block=False,
                             max_retries=0)
     session.mount("http://", adapter)
@@ -92,6 +91,9 @@ class Proxy:
         self.log_requests = log_requests
         self.served_by = served_by
         self.session = session or make_session()
+        # Requests go out through the session's adapter, not Session.send: that would read the
+        # whole body of a redirect answer (to follow it) and keep every Set-Cookie in a jar.
+        self.transport = self.session.get_adapter("http://")
 
     def __call__(self, environ: dict, start_response) -> Iterable[bytes]:
         request_id = _request_id(environ)
@@ -102,6 +104,7 @@ class Proxy:
         try:
             body = _request_body(environ)
         except ClientBodyError as e:
+            environ["nmc.close_connection"] = True  # the rest of the body cannot be trusted
             return _error(start_response, 400, str(e), request_id)
         tried: list[Replica] = []
         while True:
@@ -112,10 +115,12 @@ class Proxy:
             tried.append(replica)
             if self.log_requests:
                 log.info("Forwarding request to port: %d", replica.port)
+            extra = [("X-Served-By", replica.name)] if self.served_by else []
+            extra.append(("X-Request-ID", request_id))
             if upgrade:
                 try:
                     return tunnel.relay_upgrade(environ, start_response, replica, target, headers,
-                                                CONNECT_TIMEOUT, self.timeout[1])
+                                                CONNECT_TIMEOUT, self.timeout[1], extra)
                 except tunnel.TunnelRefused as e:
                     self.report_failure(replica, str(e))
                     continue
@@ -125,8 +130,7 @@ class Proxy:
             request.headers = CaseInsensitiveDict(headers)
             request.body = body
             try:
-                response = self.session.send(request, stream=True, allow_redirects=False,
-                                             timeout=self.timeout)
+                response = self.transport.send(request, stream=True, timeout=self.timeout)
             except requests.exceptions.ConnectTimeout:
                 self.report_failure(replica, "connection timed out")
                 continue  # nothing was sent: any request may go elsewhere
@@ -148,8 +152,6 @@ class Proxy:
                 log.warning("relay to %s failed: %s", replica.name, e)
                 return _error(start_response, 502, f"replica {replica.name} sent an invalid answer",
                               request_id)
-            extra = [("X-Served-By", replica.name)] if self.served_by else []
-            extra.append(("X-Request-ID", request_id))
             return _relay_response(response, replica, start_response, method, extra)
 
 
@@ -225,17 +227,12 @@ def _request_headers(environ: dict, request_id: str) -> dict[str, str]:
 
 
 class _ClientBody:
-    """The client's request body as urllib3 reads it (a file, or an iterator of chunks), keeping
-    the error if reading fails, so that a bad or vanished client is not blamed on the replica."""
+    """The client's request body as urllib3 reads it, keeping the error if reading fails, so
+    that a bad or vanished client is not blamed on the replica."""
 
-    def __init__(self, stream, chunked: bool):
+    def __init__(self, stream):
         self.stream = stream
         self.failed: Exception | None = None
-        if chunked:
-            # read the first piece now: a malformed first chunk is a 400 before anything is relayed
-            self._first = self._guarded(_read_chunk_piece, stream)
-            if self.failed is not None:
-                raise ClientBodyError(str(self.failed))
 
     def _guarded(self, read, *args) -> bytes:
         try:
@@ -244,11 +241,28 @@ class _ClientBody:
             self.failed = e
             raise
 
-    def read(self, size: int = -1) -> bytes:  # a Content-Length body: urllib3 reads it as a file
+
+class _LengthBody(_ClientBody):
+    """A Content-Length body: urllib3 reads it as a file, in blocks."""
+
+    def read(self, size: int = -1) -> bytes:
         return self._guarded(self.stream.read, size)
 
-    def __iter__(self) -> Iterator[bytes]:  # a chunked body: urllib3 sends each piece as a chunk
-        piece = self._first
+
+class _ChunkedBody(_ClientBody):
+    """A chunked body: urllib3 sends each piece as a chunk. (No `read` here: urllib3 would take
+    this for a file and skip the first piece, read ahead below.)"""
+
+    def __init__(self, stream):
+        super().__init__(stream)
+        # the first piece now: a malformed first chunk is a 400 before anything is relayed
+        try:
+            self.first = self._guarded(_read_chunk_piece, stream)
+        except (OSError, ValueError) as e:
+            raise ClientBodyError(f"malformed chunked body ({e})") from e
+
+    def __iter__(self) -> Iterator[bytes]:
+        piece = self.first
         while piece:
             yield piece
             piece = self._guarded(_read_chunk_piece, self.stream)
@@ -259,10 +273,10 @@ def _request_body(environ: dict) -> _ClientBody | None:
     stream = environ["wsgi.input"]
     length = environ.get("CONTENT_LENGTH")
     if length and length != "0":
-        return _ClientBody(stream, chunked=False)
+        return _LengthBody(stream)
     if environ.get("HTTP_TRANSFER_ENCODING", "").lower() == "chunked":
-        body = _ClientBody(stream, chunked=True)
-        return body if body._first else None
+        body = _ChunkedBody(stream)
+        return body if body.first else None
     return None
 
 

@@ -108,9 +108,13 @@ class ProxyHandler(WSGIHandler):
 
     def handle_one_request(self):
         try:
-            return super().handle_one_request()
+            result = super().handle_one_request()
         finally:
             self._stop_head_timer()
+        if isinstance(result, tuple) and result[0] == "414":  # pywsgi's own answer has no body
+            return self._handle_client_error(request_head.Rejected(
+                414, f"request line over {request_head.MAX_REQUEST_LINE} bytes"))
+        return result
 
     def _stop_head_timer(self) -> None:
         if self._head_timer is not None:
@@ -131,13 +135,19 @@ class ProxyHandler(WSGIHandler):
         finally:
             self.busy = False
             self.answered += 1
-            if self.server.draining:
+            if self.server.draining or self.connection_upgraded:  # never parse a tunnel as HTTP
                 self.close_connection = True
             self.server.request_done()
 
+    @property
+    def in_flight(self) -> bool:
+        """Answering a request. A tunnel (WebSocket) is not: it may last for hours, so a drain
+        closes it at once rather than waiting out --graceful-timeout."""
+        return self.busy and not self.connection_upgraded
+
     def close_if_idle(self) -> None:
-        """Called on drain: a connection waiting for its next request is closed now."""
-        if not self.busy and self.socket is not None:
+        """Called on drain: a connection waiting for its next request, or a tunnel, closes now."""
+        if not self.in_flight and self.socket is not None:
             try:
                 self.socket.shutdown(socket.SHUT_RDWR)  # wakes the greenlet blocked in recv
             except OSError:
@@ -163,9 +173,10 @@ class ProxyHandler(WSGIHandler):
         towrite += b"\r\n"
         for name, value in self.response_headers:
             towrite += name + b": " + value + b"\r\n"
-        if self.server.draining:
+        if self.server.draining or self.environ.get("nmc.close_connection"):
             self.close_connection = True
-        if self.close_connection and self.request_version == "HTTP/1.1":
+        if (self.close_connection and self.request_version == "HTTP/1.1" and self.code != 101
+                and not any(name.lower() == b"connection" for name, _ in self.response_headers)):
             towrite += b"Connection: close\r\n"  # pywsgi closes without saying so
         towrite += b"\r\n"
         if data and not self.response_use_chunked:
@@ -216,7 +227,7 @@ class ProxyServer(WSGIServer):
         self._idle = gevent.event.Event()
 
     def request_done(self) -> None:
-        if self.draining and not any(c.busy for c in self.connections):
+        if self.draining and not any(c.in_flight for c in self.connections):
             self._idle.set()
 
     def drain(self, timeout: float) -> bool:

@@ -290,8 +290,9 @@ function status(req, res, codeText) {
   sendText(res, code, `${code} ${http.STATUS_CODES[code] || 'Unknown'}\n`);
 }
 
-// /headers?Name=value&Name=value2: answers 200 with these headers, each name's values in order
-// with their repeats (relay tests of answer headers). With Content-Encoding=gzip the body is gzipped.
+// /headers?Name=value&Name=value2: answers with these headers, each name's values in order with
+// their repeats (relay tests of answer headers). Content-Encoding=gzip gzips the body; _status=302
+// sets the status code (200 by default).
 const HEADER_NAME = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
 const GZIPPED = zlib.gzipSync(Buffer.from('hello, compressed world\n'));
 
@@ -299,7 +300,12 @@ function headers(req, res, params) {
   req.resume();
   const asked = { 'X-Replica': [REPLICA] }; // name -> values: repeats kept, in order
   let body = Buffer.from('headers as asked\n');
+  let code = 200;
   for (const [name, value] of params) {
+    if (name === '_status') { // the answer's status code, e.g. _status=302&Location=/echo
+      code = /^[2-5]\d\d$/.test(value) && value !== '204' && value !== '304' ? Number(value) : 200;
+      continue;
+    }
     if (!HEADER_NAME.test(name) || /[\r\n\0]/.test(value)) {
       return sendText(res, 400, `invalid header: ${JSON.stringify(name)}\n`);
     }
@@ -310,7 +316,7 @@ function headers(req, res, params) {
   asked['Content-Length'] = [String(body.length)];
   res.removeHeader('X-Replica');
   for (const [name, values] of Object.entries(asked)) res.setHeader(name, values);
-  res.writeHead(200);
+  res.writeHead(code);
   res.end(body);
 }
 

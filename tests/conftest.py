@@ -53,11 +53,15 @@ def cluster_name(docker_client, request):
     name = "nmct-" + uuid.uuid4().hex[:10]
     yield name
     remove_cluster(docker_client, name)
+    # a create cut short by a killed process can still land a moment later: look once more
+    time.sleep(0.5)
+    remove_cluster(docker_client, name)
 
 
 def remove_cluster(client, name: str) -> None:
     for label in (f"nmc.cluster={name}", f"nmct.owner={name}"):
-        for container in client.containers.list(all=True, filters={"label": label}):
+        for container in client.containers.list(all=True, filters={"label": label},
+                                                ignore_removed=True):
             try:
                 container.remove(force=True)
             except Exception:
@@ -153,6 +157,15 @@ class NmcProcess:
             time.sleep(0.02)
         return code
 
+    def stop(self) -> None:
+        """SIGTERM (nmc removes its replicas itself), SIGKILL if it does not exit in time."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
     def kill(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()
@@ -161,8 +174,8 @@ class NmcProcess:
 
 @pytest.fixture
 def run_nmc(request):
-    """Start nmc_server.py with options; every process is killed at the end if still running
-    (its containers are removed by the cluster_name fixture)."""
+    """Start nmc_server.py with options; every process still running at the end is stopped
+    (and whatever it leaves is removed by the cluster_name fixture)."""
     started: list[NmcProcess] = []
 
     def start(*args: str, env: dict | None = None) -> NmcProcess:
@@ -172,7 +185,7 @@ def run_nmc(request):
 
     yield start
     for process in started:
-        process.kill()
+        process.stop()
 
 
 @pytest.fixture
