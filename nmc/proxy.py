@@ -4,7 +4,7 @@ The proxy decides *where* a request goes and *what* it carries; a `requests.Sess
 it gets there (connection pooling, keep-alive). The rules follow Go's httputil.ReverseProxy:
 the request target and headers are relayed as received, hop-by-hop headers (the fixed list and
 every header named in `Connection`) are dropped both ways, X-Forwarded-For is appended to, and
-a backend failure becomes a 502/503/504 answer in one place, `_error`.
+a backend failure becomes a 502/503/504 answer, worded by `http_rules.error_answer`.
 """
 
 from __future__ import annotations
@@ -22,17 +22,13 @@ import urllib3
 from requests.structures import CaseInsensitiveDict
 
 from nmc import tunnel
+from nmc.http_rules import HOP_BY_HOP, connection_named, error_answer
 from nmc.pool import Pool, Replica
 
 log = logging.getLogger(__name__)
 
-# Hop-by-hop headers (RFC 9110 7.6.1, plus the old Keep-Alive and Proxy-Connection): they
-# describe one connection, so they are never relayed in either direction. Expect is answered by
-# the server itself (100 Continue when the body is first read), so it is not relayed either.
-HOP_BY_HOP = frozenset((
-    "connection", "keep-alive", "proxy-connection", "proxy-authenticate", "proxy-authorization",
-    "te", "trailer", "trailers", "transfer-encoding", "upgrade",
-))
+# Expect is answered by the server itself (100 Continue when the body is first read), so it is
+# not relayed either.
 NOT_RELAYED = HOP_BY_HOP | {"expect"}
 # Set by the relay: a client's own values are replaced (X-Forwarded-For is appended to instead).
 SET_BY_RELAY = frozenset(("x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-request-id"))
@@ -43,7 +39,6 @@ RETRY_AFTER = "1"         # seconds, in 503 answers
 # Requests that may be sent again to another replica when the first broke mid-way (RFC 9110 9.2.2).
 IDEMPOTENT = frozenset(("GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"))
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._:+/=-]{1,128}$")
-REASONS = {400: "Bad Request", 502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout"}
 
 FailureReporter = Callable[[Replica, str], None]
 
@@ -105,13 +100,13 @@ class Proxy:
             body = _request_body(environ)
         except ClientBodyError as e:
             environ["nmc.close_connection"] = True  # the rest of the body cannot be trusted
-            return _error(start_response, 400, str(e), request_id)
+            return error_answer(start_response, 400, str(e), request_id)
         tried: list[Replica] = []
         while True:
             replica = self.pool.next_ready(skip=tuple(tried))
             if replica is None:
                 what = "no replica is ready" if not tried else "no replica could be reached"
-                return _error(start_response, 503, what, request_id, [("Retry-After", RETRY_AFTER)])
+                return error_answer(start_response, 503, what, request_id, [("Retry-After", RETRY_AFTER)])
             tried.append(replica)
             if self.log_requests:
                 log.info("Forwarding request to port: %d", replica.port)
@@ -135,23 +130,23 @@ class Proxy:
                 self.report_failure(replica, "connection timed out")
                 continue  # nothing was sent: any request may go elsewhere
             except requests.exceptions.ReadTimeout:
-                return _error(start_response, 504, f"replica {replica.name} did not answer within "
-                                                   f"{self.timeout[1]:g}s", request_id)
+                return error_answer(start_response, 504, f"replica {replica.name} did not answer within "
+                                    f"{self.timeout[1]:g}s", request_id)
             except requests.exceptions.ConnectionError as e:
                 if body is not None and body.failed is not None:  # the client's fault, not the replica's
-                    return _error(start_response, 400, f"request body: {body.failed}", request_id)
+                    return error_answer(start_response, 400, f"request body: {body.failed}", request_id)
                 if _never_connected(e):
                     self.report_failure(replica, "connection refused")
                     continue
                 self.report_failure(replica, "connection broken")
                 if body is None and method in IDEMPOTENT:
                     continue
-                return _error(start_response, 502, f"replica {replica.name} broke the connection",
-                              request_id)
+                return error_answer(start_response, 502, f"replica {replica.name} broke the connection",
+                                    request_id)
             except requests.exceptions.RequestException as e:
                 log.warning("relay to %s failed: %s", replica.name, e)
-                return _error(start_response, 502, f"replica {replica.name} sent an invalid answer",
-                              request_id)
+                return error_answer(start_response, 502, f"replica {replica.name} sent an invalid answer",
+                                    request_id)
             return _relay_response(response, replica, start_response, method, extra)
 
 
@@ -196,7 +191,7 @@ def _client_header_pairs(environ: dict) -> list[tuple[str, str]]:
 def _request_headers(environ: dict, request_id: str) -> dict[str, str]:
     """The headers to send on: the client's end-to-end ones, then X-Forwarded-* and X-Request-ID."""
     pairs = _client_header_pairs(environ)
-    dropped = NOT_RELAYED | _connection_named(pairs)
+    dropped = NOT_RELAYED | connection_named(pairs)
     headers: dict[str, str] = {}
     names: dict[str, str] = {}  # lower-case name -> the spelling first sent
     forwarded_for = []
@@ -302,14 +297,6 @@ def _upgrade_requested(environ: dict) -> str | None:
     return None
 
 
-def _connection_named(pairs) -> set[str]:
-    names: set[str] = set()
-    for name, value in pairs:
-        if name.lower() == "connection":
-            names.update(token.strip().lower() for token in value.split(",") if token.strip())
-    return names
-
-
 def _never_connected(error: Exception) -> bool:
     """True when the connection to the replica was never made (so nothing was sent)."""
     cause = error.args[0] if error.args else None
@@ -323,7 +310,7 @@ def _never_connected(error: Exception) -> bool:
 def _relay_response(response: requests.Response, replica: Replica, start_response, method: str,
                     extra_headers: list[tuple[str, str]]):
     raw = response.raw
-    dropped = HOP_BY_HOP | _connection_named(raw.headers.items())
+    dropped = HOP_BY_HOP | connection_named(raw.headers.items())
     headers = [(name, value) for name, value in raw.headers.iteritems()
                if name.lower() not in dropped]
     start_response(f"{response.status_code} {response.reason or ''}".rstrip(),
@@ -366,15 +353,3 @@ def _stream_body(raw, replica: Replica):
         if not complete:  # the client left, or the replica broke: this connection is done for
             raw.close()
         raw.release_conn()
-
-
-def _error(start_response, status: int, message: str, request_id: str,
-           extra_headers=()) -> list[bytes]:
-    body = f"{status} {REASONS[status]}: {message} (request id {request_id})\n".encode()
-    start_response(f"{status} {REASONS[status]}", [
-        ("Content-Type", "text/plain; charset=utf-8"),
-        ("Content-Length", str(len(body))),
-        ("X-Request-ID", request_id),
-        *extra_headers,
-    ])
-    return [body]

@@ -22,6 +22,8 @@ import time
 import gevent
 import urllib3
 
+from nmc.http_rules import HOP_BY_HOP, connection_named, error_answer
+
 log = logging.getLogger(__name__)
 
 CHUNK = 64 * 1024          # bytes per read, each way
@@ -30,13 +32,6 @@ SMALL_BODY = 64 * 1024     # a refused upgrade's body up to this size is sent wi
 LINGER = 2.0               # seconds the other direction gets once one direction has ended
 MAX_INTERIM = 10           # 1xx answers (100 Continue...) skipped before the real one
 # Hop-by-hop headers (RFC 9110 7.6.1): never relayed, except Connection and Upgrade on a 101.
-HOP_BY_HOP = frozenset((
-    "connection", "keep-alive", "proxy-connection", "proxy-authenticate", "proxy-authorization",
-    "te", "trailer", "trailers", "transfer-encoding", "upgrade",
-))
-REASONS = {501: "Not Implemented", 502: "Bad Gateway", 504: "Gateway Timeout"}
-
-
 class TunnelRefused(Exception):
     """The replica could not be connected to: nothing was sent, the proxy may try another."""
 
@@ -66,11 +61,12 @@ def relay_upgrade(environ: dict, start_response, replica, target: str, headers: 
         extra_headers = [(name, value) for name, value in headers.items()
                          if name.lower() == "x-request-id"]
     extra_headers = list(extra_headers)
+    request_id = headers.get("X-Request-ID")
     client = environ.get("nmc.socket") or environ.get("gunicorn.socket")
     if client is None:
         _close_after(start_response)
-        return _error(start_response, 501, "this server cannot hand over the connection for an "
-                                           "upgrade", extra_headers)
+        return error_answer(start_response, 501, "this server cannot hand over the connection for an "
+                            "upgrade", request_id, extra_headers)
     upstream = _connect(replica, connect_timeout)
     upstream_file = upstream.makefile("rb")
     owned = True  # False once a streamed body (which closes the connection itself) has it
@@ -81,13 +77,13 @@ def relay_upgrade(environ: dict, start_response, replica, target: str, headers: 
             status, reason, answer = _read_answer(upstream, upstream_file, answer_timeout)
         except socket.timeout:
             _close_after(start_response)
-            return _error(start_response, 504, f"replica {replica.name} did not answer within "
-                                               f"{answer_timeout:g}s", extra_headers)
+            return error_answer(start_response, 504, f"replica {replica.name} did not answer within "
+                                f"{answer_timeout:g}s", request_id, extra_headers)
         except (_BadAnswer, OSError) as e:
             log.warning("upgrade relayed to %s failed: %s", replica.name, e)
             _close_after(start_response)
-            return _error(start_response, 502, f"replica {replica.name} sent no valid answer",
-                          extra_headers)
+            return error_answer(start_response, 502, f"replica {replica.name} sent no valid answer",
+                                request_id, extra_headers)
         if status != 101:
             _close_after(start_response)
             result = _relay_refusal(environ, start_response, replica, status, reason, answer,
@@ -221,7 +217,7 @@ def _read_head(upstream: socket.socket, upstream_file, deadline: float):
 
 def _relay_refusal(environ, start_response, replica, status, reason, answer, upstream,
                    upstream_file, timeout, extra_headers):
-    named = _connection_named(answer)
+    named = connection_named(answer)
     relayed = [(n, v) for n, v in answer if n.lower() not in HOP_BY_HOP and n.lower() not in named]
     start_response(f"{status} {reason}".rstrip(), relayed + extra_headers)
     if environ["REQUEST_METHOD"] == "HEAD" or status in (204, 304):
@@ -285,7 +281,7 @@ def _stream_body(replica, upstream, upstream_file, chunked: bool, length: int | 
 
 def _tunnel(environ, start_response, replica, client, upstream, upstream_file, reason, answer,
             extra_headers) -> None:
-    named = _connection_named(answer)
+    named = connection_named(answer)
     relayed = [(n, v) for n, v in answer
                if n.lower() in ("connection", "upgrade")
                or (n.lower() not in HOP_BY_HOP and n.lower() not in named)]
@@ -358,24 +354,6 @@ def _close_after(start_response) -> None:
     handler = getattr(start_response, "__self__", None)
     if handler is not None and hasattr(handler, "close_connection"):
         handler.close_connection = True
-
-
-def _connection_named(pairs) -> set[str]:
-    names: set[str] = set()
-    for name, value in pairs:
-        if name.lower() == "connection":
-            names.update(token.strip().lower() for token in value.split(",") if token.strip())
-    return names
-
-
-def _error(start_response, status: int, message: str, extra_headers) -> list[bytes]:
-    body = f"{status} {REASONS[status]}: {message}\n".encode()
-    start_response(f"{status} {REASONS[status]}", [
-        ("Content-Type", "text/plain; charset=utf-8"),
-        ("Content-Length", str(len(body))),
-        *extra_headers,
-    ])
-    return [body]
 
 
 def _shutdown(sock, how) -> None:
