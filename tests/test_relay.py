@@ -24,6 +24,7 @@ import time
 
 import pytest
 import requests
+import urllib3
 
 from conftest import free_port_block
 
@@ -569,19 +570,65 @@ def test_a_200_mib_chunked_upload_from_a_generator_arrives_intact(cluster):
     assert "body" not in report  # only the hash travels back
 
 
-def test_a_200_mib_upload_with_content_length_arrives_intact(cluster):
+class RssWatch:
+    """Samples a process's resident memory in the background: its value at start and its peak."""
+
+    def __init__(self, pid: int):
+        self.pid = pid
+        self.start = self.peak = self.sample()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def sample(self) -> int:
+        with open(f"/proc/{self.pid}/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+        raise AssertionError("no VmRSS")
+
+    def _run(self):
+        while not self._stop.wait(0.02):
+            self.peak = max(self.peak, self.sample())
+
+    def growth(self) -> int:
+        self._stop.set()
+        self._thread.join(5)
+        return self.peak - self.start
+
+
+FLAT = 48 * MiB  # a relay that held a 1 GiB body would grow by ~1 GiB
+
+
+def test_a_1_gib_upload_with_content_length_arrives_intact_with_flat_memory(cluster):
     process, url, ports = cluster
     digest = hashlib.sha256()
+    watch = RssWatch(process.proc.pid)
     with RawClient(port_of(url)) as client:
         client.send(build_request("POST", "/echo", [
             ("Host", "h"), ("Content-Type", "application/octet-stream"),
-            ("Content-Length", str(200 * MiB))]))
-        for block in _blocks(200, digest):
+            ("Content-Length", str(1024 * MiB))]))
+        for block in _blocks(1024, digest):
             client.send(block, timeout=60)
         report, pairs = seen_by_replica(client.read_answer(timeout=120))
-    assert report["bodyLength"] == 200 * MiB
+    grew = watch.growth()
+    assert report["bodyLength"] == 1024 * MiB
     assert report["bodySha256"] == digest.hexdigest()
-    assert values_of(pairs, "Content-Length") == [str(200 * MiB)], pairs
+    assert values_of(pairs, "Content-Length") == [str(1024 * MiB)], pairs
+    assert grew < FLAT, f"nmc's RSS grew by {grew / MiB:.0f} MiB relaying a 1 GiB upload"
+
+
+def test_a_1_gib_download_streams_with_flat_memory(cluster):
+    process, url, ports = cluster
+    watch = RssWatch(process.proc.pid)
+    received = 0
+    with requests.get(url + "/big?mb=1024", stream=True, timeout=(5, 60)) as response:
+        assert response.headers["Content-Length"] == str(1024 * MiB)
+        for block in response.raw.stream(1024 * 1024, decode_content=False):
+            received += len(block)
+    grew = watch.growth()
+    assert received == 1024 * MiB
+    assert grew < FLAT, f"nmc's RSS grew by {grew / MiB:.0f} MiB relaying a 1 GiB download"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -884,3 +931,25 @@ def test_after_a_replica_crashes_the_next_requests_still_succeed(cluster):
             statuses.append(client.request("GET", "/whoami").status)
     assert statuses == [200] * 20
     assert "Traceback" not in process.log
+
+
+def test_a_replica_dying_mid_answer_cuts_the_client_connection_not_a_hang(cluster, docker_client,
+                                                                         cluster_name):
+    process, url, ports = cluster
+    received = 0
+    with requests.get(url + "/big?mb=4096", stream=True, timeout=(5, 10)) as response:
+        served_by = response.headers["X-Served-By"]
+        assert response.headers["Content-Length"] == str(4096 * MiB)
+        started = time.monotonic()
+        with pytest.raises(urllib3.exceptions.HTTPError):  # IncompleteRead: cut short
+            for block in response.raw.stream(1024 * 1024, decode_content=False):
+                received += len(block)
+                if received >= 64 * MiB and started:
+                    docker_client.containers.get(served_by).kill()
+                    started = 0.0
+                # the relay must not read much further than what the replica could still send
+                assert received < 4096 * MiB
+    assert 64 * MiB <= received < 4096 * MiB  # an answer cut short, and the client could tell
+    assert "Traceback" not in process.log
+    # the other replica serves at once; the dead one is replaced
+    assert requests.get(url + "/healthz", timeout=5).status_code == 200
