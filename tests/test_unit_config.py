@@ -83,3 +83,10 @@ def test_a_bad_option_exits_2_with_one_line_and_no_traceback():
     assert result.returncode == 2
     assert result.stderr == "nmc-server: error: --replicas must be from 1 to 64, not 0\n"
     assert result.stdout == ""
+
+
+def test_the_readme_shows_the_usage_text_as_it_is():
+    from nmc.cli import USAGE
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert USAGE in readme, "README.md's copy of `nmc_server.py -h` is out of date"
