@@ -106,6 +106,16 @@ class ContainerInfo:
         )
 
 
+@dataclass(frozen=True)
+class ContainerEvent:
+    """One of the engine's container events: die, oom, kill, stop, pause, destroy, start, ..."""
+
+    action: str
+    container_id: str
+    name: str
+    exit_code: int | None
+
+
 def docker_host() -> str:
     return os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
 
@@ -124,7 +134,7 @@ def _engine_call(what: str):
                 raise EngineError(f"Docker engine refused to {what}: {_explain(e)}") from e
             except (docker.errors.DockerException, requests.exceptions.RequestException) as e:
                 raise EngineUnreachable(f"lost the Docker engine at {docker_host()} while trying "
-                                        f"to {what}: {_first_line(e)}") from e
+                                        f"to {what} ({_root_reason(e)})") from e
 
         return wrapper
 
@@ -134,6 +144,24 @@ def _engine_call(what: str):
 def _first_line(e: BaseException) -> str:
     text = str(e).strip()
     return text.splitlines()[0] if text else type(e).__name__
+
+
+def _root_reason(e: BaseException) -> str:
+    """The innermost OSError's words ('No such file or directory', 'Connection refused'), which
+    say more than the layers of requests and urllib3 wrapped around it."""
+    seen = set()
+    stack = [e]
+    while stack:
+        current = stack.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.strerror:
+            return current.strerror.lower()
+        stack.extend(arg for arg in getattr(current, "args", ()) if isinstance(arg, BaseException))
+        stack.extend(x for x in (current.__cause__, current.__context__, getattr(current, "reason", None))
+                     if isinstance(x, BaseException))
+    return _first_line(e)
 
 
 def _explain(e: docker.errors.APIError) -> str:
@@ -243,6 +271,13 @@ class Engine:
         except docker.errors.DockerException as e:
             log.warning("could not remove container %s: %s", container[:12], _first_line(e))
 
+    @_engine_call("follow the engine's events")
+    def events(self, cluster: str) -> "EventStream":
+        """The cluster's container events from now on; EngineError when the stream cannot open."""
+        stream = self.client.events(decode=True, filters={
+            "type": "container", "label": f"{LABEL_CLUSTER}={cluster}"})
+        return EventStream(stream)
+
     @_engine_call("read a container's logs")
     def tail_logs(self, container: str, lines: int = 10) -> list[str]:
         try:
@@ -250,3 +285,29 @@ class Engine:
         except docker.errors.NotFound:
             return []
         return raw.decode("utf-8", "replace").splitlines()
+
+
+class EventStream:
+    """Iterates ContainerEvents until the engine goes away (then EngineUnreachable); close() ends it."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def __iter__(self):
+        try:
+            for event in self._stream:
+                attributes = (event.get("Actor") or {}).get("Attributes") or {}
+                code = attributes.get("exitCode")
+                yield ContainerEvent(action=event.get("Action") or event.get("status") or "",
+                                     container_id=event.get("id") or "",
+                                     name=attributes.get("name", ""),
+                                     exit_code=int(code) if code and code.isdigit() else None)
+        except (docker.errors.DockerException, requests.exceptions.RequestException, OSError) as e:
+            raise EngineUnreachable(f"the Docker engine's event stream broke ({_root_reason(e)})") from e
+        raise EngineUnreachable("the Docker engine closed its event stream")
+
+    def close(self) -> None:
+        try:
+            self._stream.close()
+        except Exception:  # closing a stream whose connection is already gone
+            pass

@@ -45,6 +45,8 @@ class Supervisor:
         self._tasks = gevent.pool.Group()  # checks and replacements in flight
         self._replacing: set[Replica] = set()
         self._monitor: gevent.Greenlet | None = None
+        self._events: gevent.Greenlet | None = None
+        self._event_stream = None
         # Set by stop(). A task creating a container is never killed mid-call (the engine would
         # finish creating it unseen): it is in _creating, and looks at the event when done.
         self._stop_event = gevent.event.Event()
@@ -148,8 +150,58 @@ class Supervisor:
     # -- watch -------------------------------------------------------------------------------
 
     def watch(self) -> None:
-        """Start the periodic liveness checks in the background."""
+        """Start the periodic liveness checks, and following the engine's events, in the background."""
         self._monitor = gevent.spawn(self._monitor_loop)
+        self._events = gevent.spawn(self._follow_events)
+
+    def _follow_events(self) -> None:
+        """React to a replica's container dying, pausing or vanishing at once, not at the next check.
+        When the engine goes away, say so once, keep relaying (the checks go on), reconnect with a
+        growing delay, and look at every replica again when it is back."""
+        delay, lost = BACKOFF_FIRST, False
+        while not self._stopping:
+            try:
+                stream = self.engine.events(self.config.name)
+            except EngineError as e:
+                if not lost:
+                    log.warning("lost the Docker engine (%s); relaying to the replicas that still "
+                                "answer; reconnecting", e)
+                    lost = True
+                self._stop_event.wait(delay)
+                delay = min(delay * 2, BACKOFF_MAX)
+                continue
+            if lost:
+                log.info("the Docker engine is back: checking every replica")
+                lost = False
+                for replica in self.pool:
+                    if replica.state is State.READY and replica not in self._replacing:
+                        self._tasks.spawn(self._check, replica)
+            delay = BACKOFF_FIRST
+            self._event_stream = stream
+            try:
+                for event in stream:
+                    self._on_event(event)
+            except EngineError as e:
+                if not self._stopping:
+                    log.warning("lost the Docker engine's events (%s); reconnecting", e)
+                    lost = True
+            finally:
+                stream.close()
+
+    def _on_event(self, event) -> None:
+        reasons = {
+            "die": f"container exited with code {event.exit_code}",
+            "oom": "container ran out of memory",
+            "pause": "container was paused",
+            "destroy": "container was removed",
+        }
+        if event.action not in reasons:
+            return
+        for replica in self.pool:
+            if replica.container_id == event.container_id:
+                if replica.state is State.READY:  # starting replicas are watched by _wait_ready
+                    self.replace(replica, reasons[event.action])
+                return
 
     def _monitor_loop(self) -> None:
         while not self._stop_event.wait(self.config.check_interval):
@@ -195,6 +247,7 @@ class Supervisor:
 
     def _replace(self, replica: Replica) -> None:
         delay = BACKOFF_FIRST
+        last_error = ""  # a failure is logged when it changes, not at every try
         try:
             while not self._stopping:
                 try:
@@ -206,8 +259,11 @@ class Supervisor:
                     return
                 except NmcError as e:
                     replica.change_state(State.DOWN, "replacement failed")
-                    log.error("could not replace replica %s: %s; trying again in %gs",
-                              replica.name, e, delay)
+                    if str(e) != last_error:
+                        log.error("could not replace replica %s: %s; trying again in %gs, then "
+                                  "less and less often (up to every %gs)", replica.name, e, delay,
+                                  BACKOFF_MAX)
+                        last_error = str(e)
                 self._stop_event.wait(delay)
                 delay = min(delay * 2, BACKOFF_MAX)
         finally:
@@ -222,6 +278,10 @@ class Supervisor:
         self.stopped = True
         if self._monitor is not None:
             self._monitor.kill()  # it only waits on the event between rounds
+        if self._events is not None:
+            if self._event_stream is not None:
+                self._event_stream.close()
+            self._events.kill()
         for task in list(self._tasks):
             if task not in self._creating:  # checks, waits and backoffs: safe to cut short
                 task.kill(block=False)

@@ -186,3 +186,25 @@ def test_a_second_ctrl_c_stops_at_once_and_still_removes_the_replicas(cluster, d
     assert cut["r"].status_code == 503 and "stopping" in cut["r"].text
     assert cluster_containers(docker_client, cluster_name) == []
     assert "Traceback" not in process.log
+
+
+def test_the_engines_events_alone_get_a_replica_replaced(cluster_name, run_nmc, docker_client):
+    """With checks all but off, only the event stream can notice: kill, pause and removal."""
+    base = free_port_block(4)
+    process = run_nmc("--name", cluster_name, "--bind", "127.0.0.1", "--port", str(base + 3),
+                      "--base-port", str(base), "-n", "3", "--check-interval", "3600")
+    process.wait_serving()
+    actions = [(base, lambda c: c.kill(), "container exited with code 137"),
+               (base + 1, lambda c: c.pause(), "container was paused"),
+               (base + 2, lambda c: c.remove(force=True), "container exited with code 137")]
+    for port, act, reason in actions:
+        name = f"{cluster_name}-{port}"
+        victim = docker_client.containers.get(name)
+        start = len(process.lines)
+        act(victim)
+        process.wait_for_line(rf"replica {name} .*ready -> down \({re.escape(reason)}\)", start=start)
+        process.wait_for_line(rf"replica {name} .*starting -> ready", start=start)
+        assert docker_client.containers.get(name).id != victim.id
+    url = f"http://127.0.0.1:{base + 3}"
+    assert {hostname(url) for _ in range(6)} == {f"{cluster_name}-{base + i}" for i in range(3)}
+    assert len(cluster_containers(docker_client, cluster_name)) == 3

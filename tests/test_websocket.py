@@ -425,8 +425,11 @@ def test_a_replica_that_does_not_answer_the_upgrade_gets_504(cluster_name, run_n
                       "--base-port", str(base), "--replicas", "2", "--backend-timeout", "1")
     process.wait_serving()
     replicas = [docker_client.containers.get(f"{cluster_name}-{p}") for p in (base, base + 1)]
-    for container in replicas:  # connections are accepted (by Docker), nothing answers
-        container.pause()
+    # connections are accepted (by Docker), nothing answers. SIGSTOP rather than `docker pause`:
+    # nmc replaces a paused replica at once (the engine says so), a stopped process only when a
+    # check (every 5 s, 2 s timeout) sees it hang.
+    for container in replicas:
+        container.kill(signal="SIGSTOP")
     try:
         with socket.create_connection(("127.0.0.1", base + 2), timeout=10) as sock:
             request, _ = handshake_request(base + 2)
@@ -440,7 +443,7 @@ def test_a_replica_that_does_not_answer_the_upgrade_gets_504(cluster_name, run_n
             assert 0.9 <= waited < 5
     finally:
         for container in replicas:
-            container.unpause()
+            container.kill(signal="SIGCONT")
     ws = WsClient(base + 2)  # once they answer again, so do upgrades
     try:
         ws.send(TEXT, b"awake")
