@@ -34,11 +34,17 @@ class Replica:
     container_id: str | None = None
     state: State = State.STARTING
     since: float = field(default_factory=time.monotonic)
+    ready_at: float | None = None   # when it last joined the rotation
     restarts: int = 0
+    quick_failures: int = 0         # failures in a row, each soon after joining (a crash loop)
 
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
+
+    def uptime(self) -> float:
+        """Seconds since it last joined the rotation (0 if it never did)."""
+        return time.monotonic() - self.ready_at if self.ready_at is not None else 0.0
 
     @property
     def short_id(self) -> str:
@@ -49,6 +55,8 @@ class Replica:
         if new is self.state:
             return False
         old, self.state, self.since = self.state, new, time.monotonic()
+        if new is State.READY:
+            self.ready_at = self.since
         level = logging.WARNING if new is State.DOWN else logging.INFO
         log.log(level, "replica %s (port %d, container %s): %s -> %s%s", self.name, self.port,
                 self.short_id, old.value, new.value, f" ({reason})" if reason else "")

@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 READY_POLL = 0.1        # seconds between health probes while a replica starts
 BACKOFF_FIRST = 1.0     # seconds before the second try at replacing a replica ...
 BACKOFF_MAX = 60.0      # ... doubling up to this
+QUICK_CRASH = 10.0      # seconds: a replica that fails sooner after joining is in a crash loop
 LOG_LINES = 5           # container log lines quoted when a replica fails to start
 TASKS_STOP_WAIT = 40.0  # seconds stop() waits for tasks to notice it (an engine call takes <= 30)
 
@@ -249,6 +250,7 @@ class Supervisor:
         delay = BACKOFF_FIRST
         last_error = ""  # a failure is logged when it changes, not at every try
         try:
+            self._report_crash_and_back_off(replica)
             while not self._stopping:
                 try:
                     if replica.container_id:
@@ -268,6 +270,28 @@ class Supervisor:
                 delay = min(delay * 2, BACKOFF_MAX)
         finally:
             self._replacing.discard(replica)
+
+    def _report_crash_and_back_off(self, replica: Replica) -> None:
+        """Say once what the failed container left behind. A replica failing soon after each
+        start (a crash loop) gets a doubling delay before its next start (from the second such
+        failure in a row: 1 s, 2 s, 4 s ... 60 s) instead of being restarted in a tight loop."""
+        uptime = replica.uptime()
+        replica.quick_failures = replica.quick_failures + 1 if uptime < QUICK_CRASH else 0
+        info = None
+        if replica.container_id:
+            try:
+                info = self.engine.inspect(replica.container_id)
+            except EngineError:
+                pass
+        exited = info is not None and info.status in ("exited", "dead")
+        if exited:
+            log.warning("replica %s exited with code %s after %.1fs in the rotation%s",
+                        replica.name, info.exit_code, uptime, self._last_logs(replica))
+        if replica.quick_failures >= 2:
+            delay = min(BACKOFF_FIRST * 2 ** (replica.quick_failures - 2), BACKOFF_MAX)
+            log.warning("replica %s failed %d times in a row within %gs of starting: next start "
+                        "in %gs", replica.name, replica.quick_failures, QUICK_CRASH, delay)
+            self._stop_event.wait(delay)
 
     # -- stop --------------------------------------------------------------------------------
 

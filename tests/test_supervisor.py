@@ -1,0 +1,93 @@
+"""Self-healing, end to end: crash loops, adoption after a SIGKILL of nmc itself."""
+
+from __future__ import annotations
+
+import io
+import signal
+import time
+import uuid
+
+import pytest
+import requests
+
+from conftest import IMAGE, free_port_block, wait_until
+
+
+@pytest.fixture
+def crashing_image(docker_client, cluster_name):
+    """An image whose replica named CRASHING serves for 0.7 s, then exits 3 (after a last word);
+    every other replica is the plain site."""
+    tag = f"nmct-crashloop-{uuid.uuid4().hex[:8]}"
+
+    def build(crashing_replica: str) -> str:
+        script = (
+            "if (process.env.NMC_REPLICA === process.env.CRASHING) {"
+            " require('http').createServer((q, s) => s.end('ok')).listen(8080);"
+            " setTimeout(() => { console.log('giving up, as told'); process.exit(3); }, 700);"
+            "} else { require('/app/server.js'); }")
+        dockerfile = (f'FROM {IMAGE}\nENV CRASHING={crashing_replica}\n'
+                      f'CMD ["node", "-e", "{script}"]\n')
+        docker_client.images.build(fileobj=io.BytesIO(dockerfile.encode()), tag=tag, rm=True,
+                                   labels={"nmct.owner": cluster_name})
+        return tag
+
+    yield build
+    try:
+        docker_client.images.remove(tag, force=True)
+    except Exception:
+        pass
+
+
+def test_a_crash_loop_backs_off_is_explained_and_the_others_keep_serving(cluster_name, run_nmc,
+                                                                        crashing_image):
+    base = free_port_block(3)
+    crasher = f"{cluster_name}-{base}"
+    image = crashing_image(crasher)
+    process = run_nmc("--name", cluster_name, "--bind", "127.0.0.1", "--port", str(base + 2),
+                      "--base-port", str(base), "-n", "2", "--image", image)
+    process.wait_serving()
+    url = f"http://127.0.0.1:{base + 2}"
+    deadline = time.monotonic() + 9
+    answers = []
+    while time.monotonic() < deadline:  # the healthy replica keeps serving all along
+        answers.append(requests.get(url + "/whoami", timeout=5).status_code)
+        time.sleep(0.05)
+    assert set(answers) == {200}, answers
+    # each crash explained once, with its exit code and its last words
+    process.wait_for_line(rf"replica {crasher} exited with code 3 after 0\.\d+s in the rotation; "
+                          r"its last log lines: giving up, as told")
+    # and not restarted in a tight loop: delays of 1, 2, 4 s from the second quick crash on
+    process.wait_for_line(rf"replica {crasher} failed 2 times in a row within 10s of starting: "
+                          r"next start in 1s")
+    starts = sum(1 for line in process.lines if f"replica {crasher} " in line
+                 and "starting -> ready" in line)
+    assert 3 <= starts <= 6, f"{starts} starts in ~9 s:\n{process.log}"  # a tight loop: ~10
+    assert "Traceback" not in process.log
+
+
+def test_nmc_killed_and_started_again_adopts_its_replicas_without_restarting_them(
+        cluster_name, run_nmc, docker_client):
+    base = free_port_block(4)
+    args = ("--name", cluster_name, "--bind", "127.0.0.1", "--port", str(base + 3),
+            "--base-port", str(base))
+    first = run_nmc(*args, "-n", "3")
+    first.wait_serving()
+    first.signal(signal.SIGKILL)  # no clean-up at all
+    first.wait_exit(10)
+    before = {c.name: (c.id, c.attrs["State"]["StartedAt"])
+              for c in docker_client.containers.list(filters={"label": f"nmc.cluster={cluster_name}"})}
+    assert len(before) == 3
+
+    second = run_nmc(*args, "-n", "2")  # one replica fewer this time
+    second.wait_serving()
+    after = {c.name: (c.id, c.attrs["State"]["StartedAt"])
+             for c in docker_client.containers.list(all=True,
+                                                    filters={"label": f"nmc.cluster={cluster_name}"})}
+    kept = {f"{cluster_name}-{base}", f"{cluster_name}-{base + 1}"}
+    assert set(after) == kept  # the extra one is removed
+    for name in kept:  # the same containers, never restarted
+        assert after[name] == before[name]
+    assert second.log.count("adopting running container") == 2
+    assert f"removing leftover container {cluster_name}-{base + 2}" in second.log
+    url = f"http://127.0.0.1:{base + 3}"
+    assert {requests.get(url + "/whoami", timeout=5).json()["hostname"] for _ in range(4)} == kept
