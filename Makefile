@@ -24,6 +24,13 @@ test: venv nodejs
 unit: venv
 	$(PY) -m pytest -m "not docker" $(PYTEST_ARGS)
 
+## a bounded chaos run against a cluster of its own (kills, a pause, a crash under load; a report
+## in bench/results/): make chaos CHAOS_ARGS="--duration 60 --clients 64 --seed 7"
+CHAOS_ARGS ?=
+.PHONY: chaos
+chaos: venv nodejs
+	$(PY) scripts/chaos.py $(CHAOS_ARGS)
+
 ## build the site image (nodejs.org); OFFLINE=1 skips the registry
 nodejs: docker
 	@IMAGE=$(IMAGE) nodejs/build-image.sh >/dev/null

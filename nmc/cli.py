@@ -40,6 +40,11 @@ Options:
                              [default: /healthz].
   --check-interval SECONDS   Seconds between liveness checks of each replica [default: 5].
   --check-timeout SECONDS    Seconds a liveness check waits for an answer [default: 2].
+  --unhealthy-after N        Failed checks in a row that take a replica out of the
+                             rotation [default: 2].
+  --healthy-after N          Passed checks in a row that bring it back [default: 1].
+  --replace-after SECONDS    Seconds a replica may stay out of the rotation, still failing,
+                             before it is replaced [default: 15].
   --start-timeout SECONDS    Seconds a new replica has to answer its health path
                              [default: 30].
   --backend-timeout SECONDS  Seconds a replica has to start answering a request (then 504)

@@ -32,6 +32,9 @@ class Config:
     health_path: str = "/healthz"
     check_interval: float = 5.0
     check_timeout: float = 2.0
+    unhealthy_after: int = 2
+    healthy_after: int = 1
+    replace_after: float = 15.0
     start_timeout: float = 30.0
     backend_timeout: float = 30.0
     graceful_timeout: float = 10.0
@@ -73,6 +76,11 @@ class Config:
                        "header_timeout", "idle_timeout"):
             if getattr(self, option) <= 0:
                 raise UsageError(f"--{option.replace('_', '-')} must be more than 0 seconds")
+        for option in ("unhealthy_after", "healthy_after"):
+            if getattr(self, option) < 1:
+                raise UsageError(f"--{option.replace('_', '-')} must be at least 1 check")
+        if self.replace_after < 0:
+            raise UsageError("--replace-after must not be negative")
         if self.max_connections < 1:
             raise UsageError(f"--max-connections must be at least 1, not {self.max_connections}")
         if self.graceful_timeout < 0:

@@ -1,4 +1,5 @@
-"""Liveness checks: does a replica answer its health URL, within a timeout, with a 2xx?"""
+"""Liveness checks: does a replica answer its health URL, within a timeout, with a 2xx? And the
+thresholds that turn a run of results into a decision (as Caddy's health checks count them)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,23 @@ class CheckResult:
 
     def __bool__(self) -> bool:
         return self.ok
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    unhealthy_after: int = 2     # failed checks in a row take a replica out of the rotation
+    healthy_after: int = 1       # passed checks in a row bring it back
+    replace_after: float = 15.0  # seconds out of the rotation (still failing) before it is replaced
+
+    def judge(self, in_rotation: bool, fails: int, passes: int, out_for: float) -> str | None:
+        """'out', 'in', 'replace', or None (no change), from the consecutive fails and passes."""
+        if in_rotation:
+            return "out" if fails >= self.unhealthy_after else None
+        if passes >= self.healthy_after:
+            return "in"
+        if fails and out_for >= self.replace_after:
+            return "replace"
+        return None
 
 
 class HealthChecker:

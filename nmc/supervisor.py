@@ -17,7 +17,7 @@ import gevent.pool
 from nmc.config import REPLICA_HOST, Config
 from nmc.containers import LABEL_SETTINGS, Engine, EngineError, PortBusy, ReplicaSpec
 from nmc.errors import NmcError, capture
-from nmc.health import HealthChecker
+from nmc.health import HealthChecker, Thresholds
 from nmc.pool import Pool, Replica, State
 
 log = logging.getLogger(__name__)
@@ -41,6 +41,8 @@ class Supervisor:
         self.config = config
         self.engine = engine
         self.checker = checker or HealthChecker(config.health_path, config.check_timeout)
+        self.thresholds = Thresholds(config.unhealthy_after, config.healthy_after,
+                                     config.replace_after)
         self.pool = Pool([Replica(config.replica_name(port), port) for port in config.replica_ports])
         self.image_id = ""
         self._tasks = gevent.pool.Group()  # checks and replacements in flight
@@ -207,42 +209,63 @@ class Supervisor:
     def _monitor_loop(self) -> None:
         while not self._stop_event.wait(self.config.check_interval):
             for replica in self.pool:
-                if replica.state is State.READY and replica not in self._replacing:
+                if replica.state in (State.READY, State.DOWN) and replica not in self._replacing:
                     self._tasks.spawn(self._check, replica)
 
     def _check(self, replica: Replica) -> None:
+        """One health check, counted; the thresholds decide whether anything changes."""
         result = self.checker.check(replica.url)
-        if result.ok:
-            if replica.state is State.DOWN and replica not in self._replacing:
-                replica.change_state(State.READY, result.reason)
+        if replica in self._replacing or self._stopping:
             return
-        self.replace(replica, self._failure_reason(replica, result.reason))
+        if result.ok:
+            replica.check_passes, replica.check_fails = replica.check_passes + 1, 0
+        else:
+            replica.check_passes, replica.check_fails = 0, replica.check_fails + 1
+            dead = self._container_problem(replica)
+            if dead:  # no use waiting for more checks: it will not come back
+                self.replace(replica, dead)
+                return
+        out_for = time.monotonic() - replica.since if replica.state is State.DOWN else 0.0
+        verdict = self.thresholds.judge(replica.state is State.READY, replica.check_fails,
+                                        replica.check_passes, out_for)
+        if verdict == "out":
+            replica.change_state(State.DOWN, f"{result.reason}; {replica.check_fails} failed "
+                                             "checks in a row")
+        elif verdict == "in":
+            replica.change_state(State.READY, f"{result.reason}; {replica.check_passes} passed "
+                                              "checks in a row")
+        elif verdict == "replace":
+            self.replace(replica, f"out of the rotation for {out_for:.0f}s ({result.reason})")
 
-    def _failure_reason(self, replica: Replica, http_reason: str) -> str:
+    def _container_problem(self, replica: Replica) -> str | None:
+        """Why the replica's container cannot answer any more (gone, exited...), or None."""
         try:
             info = self.engine.inspect(replica.container_id) if replica.container_id else None
         except EngineError:
-            return http_reason
+            return None  # the engine is away: say nothing of the container
         if info is None:
             return "container is gone"
         if info.status == "exited":
             return f"container exited with code {info.exit_code}"
         if not info.running:
             return f"container is {info.status}"
-        return http_reason
+        return None
 
     def report_failure(self, replica: Replica, reason: str) -> None:
         """The proxy could not reach `replica`: out of the rotation now, and checked at once."""
         if self._stopping or replica.state is not State.READY:
             return
         replica.change_state(State.DOWN, reason)
+        replica.check_passes = 0
         self._tasks.spawn(self._check, replica)
 
     def replace(self, replica: Replica, reason: str) -> None:
         """Take `replica` out of the rotation and start a new container in its place."""
         if self._stopping or replica in self._replacing:
             return
-        replica.change_state(State.DOWN, reason)
+        if not replica.change_state(State.DOWN, reason):  # already out: say why it goes now
+            log.warning("replica %s (port %d, container %s): replacing it (%s)", replica.name,
+                        replica.port, replica.short_id, reason)
         self._replacing.add(replica)
         self._tasks.spawn(self._replace, replica)
 

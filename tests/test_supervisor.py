@@ -91,3 +91,35 @@ def test_nmc_killed_and_started_again_adopts_its_replicas_without_restarting_the
     assert f"removing leftover container {cluster_name}-{base + 2}" in second.log
     url = f"http://127.0.0.1:{base + 3}"
     assert {requests.get(url + "/whoami", timeout=5).json()["hostname"] for _ in range(4)} == kept
+
+
+def test_check_thresholds_take_a_hung_replica_out_bring_it_back_or_replace_it(
+        cluster_name, run_nmc, docker_client):
+    """SIGSTOP: the process hangs and the engine says nothing (unlike a pause), so only the
+    checks can tell; counted against --unhealthy-after, --healthy-after and --replace-after."""
+    base = free_port_block(3)
+    process = run_nmc("--name", cluster_name, "--bind", "127.0.0.1", "--port", str(base + 2),
+                      "--base-port", str(base), "-n", "2", "--check-interval", "0.3",
+                      "--check-timeout", "0.3", "--unhealthy-after", "2", "--replace-after", "4")
+    process.wait_serving()
+    name = f"{cluster_name}-{base}"
+    victim = docker_client.containers.get(name)
+
+    start = len(process.lines)  # a short hang: out after 2 failed checks, back after 1 pass
+    victim.kill(signal="SIGSTOP")
+    process.wait_for_line(rf"replica {name} .*ready -> down \(no answer within 0.3s; "
+                          r"2 failed checks in a row\)", start=start)
+    victim.kill(signal="SIGCONT")
+    process.wait_for_line(rf"replica {name} .*down -> ready \(status 200; 1 passed checks in a row\)",
+                          start=start)
+    assert docker_client.containers.get(name).id == victim.id  # not replaced
+
+    start = len(process.lines)  # a long hang: replaced once out for --replace-after
+    victim.kill(signal="SIGSTOP")
+    process.wait_for_line(rf"replica {name} .*ready -> down", start=start)
+    process.wait_for_line(rf"replica {name} .*starting -> ready", start=start, timeout=20)
+    assert any(f"replica {name} " in line and "out of the rotation for" in line
+               for line in process.lines[start:]), process.log
+    assert docker_client.containers.get(name).id != victim.id
+    url = f"http://127.0.0.1:{base + 2}"
+    assert requests.get(url + "/healthz", timeout=5).status_code == 200

@@ -1,0 +1,984 @@
+#!/usr/bin/env python3
+"""A bounded chaos run against an nmc cluster of its own: `make chaos CHAOS_ARGS="..."`.
+
+It starts its own nmc-server (cluster `nmc-chaos-<random>` on free loopback ports), puts a steady
+load on it (GET /whoami, POST /echo and PUT /echo with a 4 KiB body, from --clients threads with
+a keep-alive session each) and meanwhile, on a schedule fixed by --seed:
+
+  * every --kill-every seconds `docker kill`s a replica (SIGKILL),
+  * once `docker pause`s one (and unpauses it 3 s later if it still exists),
+  * once makes one crash through the site: GET /crash straight to the replica's own port.
+
+For every kill, pause and crash it measures the time to replace: from the action until a new
+container of the same name is running and answers /healthz on its port (polled every 20 ms).
+At the end it stops nmc with SIGTERM, checks that no container of its cluster is left (and
+removes any), prints one report and writes it to bench/results/chaos-<UTC time>.md.
+
+Only the cluster's own containers are touched (found by the label nmc.cluster=<its name>); the
+Docker engine is never restarted. Everything is bounded in time: the run takes about
+--duration + 15 s, and Ctrl-C (or SIGTERM) at any point still removes the cluster.
+
+Exit code: 0 when GET and PUT (idempotent) had no failure, no answer was wrong and nothing
+leaked; 1 otherwise; 2 bad options; 130 interrupted. POST failures are reported and explained
+but do not fail the run: a POST cut off mid-way cannot be retried safely by a relay.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import hashlib
+import json
+import os
+import random
+import resource
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import docker
+import docker.errors
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+LABEL_CLUSTER = "nmc.cluster"
+LABEL_PORT = "nmc.port"
+
+METHODS = ("GET", "POST", "PUT")
+MIX = (("GET", 2), ("POST", 1), ("PUT", 1))   # GET /whoami half of the time, POST and PUT a quarter
+BODY_SIZE = 4096
+EXAMPLES = 3                 # examples kept per (method, kind) of failure
+POLL = 0.020                 # seconds between polls while measuring a replacement
+REPLACE_LIMIT = 20.0         # seconds a replacement is waited for, at most
+PAUSE_FOR = 3.0              # seconds before the paused replica is unpaused (if it still exists)
+START_LIMIT = 60.0           # seconds nmc has to say "serving on"
+STOP_LIMIT = 20.0            # seconds nmc has to exit after SIGTERM (then SIGKILL)
+MAX_RATE = 20000             # requests per second per client, an upper bound on every load loop
+ENGINE_TIMEOUT = 10          # seconds for one Docker API call
+
+
+class Interrupted(Exception):
+    """A signal (Ctrl-C, SIGTERM, SIGHUP) asked the run to stop."""
+
+
+# -- small helpers --------------------------------------------------------------------------------
+
+
+def log(message: str) -> None:
+    print(f"chaos: {message}", file=sys.stderr, flush=True)
+
+
+def port_is_free(port: int) -> bool:
+    for address in ("127.0.0.1", "0.0.0.0"):
+        with socket.socket() as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((address, port))
+            except OSError:
+                return False
+    return True
+
+
+def free_ports(count: int, avoid: set[int] = frozenset()) -> int:
+    """The first of `count` consecutive free ports, at random (parallel runs rarely meet)."""
+    pick = random.SystemRandom()
+    for _ in range(500):
+        base = pick.randrange(20000, 45000)
+        ports = range(base, base + count)
+        if not avoid.intersection(ports) and all(port_is_free(p) for p in ports):
+            return base
+    raise RuntimeError(f"no {count} consecutive free ports found")
+
+
+def percentile(ordered: list[float], q: float) -> float | None:
+    """Nearest-rank percentile of an already sorted list."""
+    if not ordered:
+        return None
+    rank = max(1, min(len(ordered), int(round(q / 100 * len(ordered) + 0.5))))
+    return ordered[rank - 1]
+
+
+def ms(value: float | None) -> str:
+    return "-" if value is None else f"{value * 1000:.0f} ms" if value >= 0.01 else f"{value * 1000:.1f} ms"
+
+
+def root_cause(error: BaseException) -> BaseException:
+    """The innermost exception wrapped in requests' and urllib3's layers."""
+    seen: set[int] = set()
+    current = error
+    while id(current) not in seen:
+        seen.add(id(current))
+        inner = next((a for a in getattr(current, "args", ()) if isinstance(a, BaseException)), None)
+        inner = inner or getattr(current, "reason", None) or current.__cause__ or current.__context__
+        if not isinstance(inner, BaseException):
+            break
+        current = inner
+    return current
+
+
+def failure_kind(error: BaseException) -> str:
+    outer, inner = type(error).__name__, type(root_cause(error)).__name__
+    return outer if inner == outer else f"{outer}({inner})"
+
+
+def process_cpu(pid: int) -> float | None:
+    """CPU seconds (user + system) of a process, from /proc (None elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def own_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    try:
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG: nmc stops if we are killed
+    except Exception:
+        pass
+
+
+# -- nmc, the process under test ------------------------------------------------------------------
+
+
+class Nmc:
+    """./nmc_server.py in its own process group (a Ctrl-C reaches it only through us: one SIGTERM)."""
+
+    def __init__(self, name: str, port: int, base_port: int, replicas: int):
+        self.name, self.port, self.base_port, self.replicas = name, port, base_port, replicas
+        self.lines: list[tuple[float, str]] = []
+        self.serving = threading.Event()
+        self.exit_code: int | None = None
+        self.stop_took: float | None = None
+        self.killed = False
+        args = [sys.executable, str(ROOT / "nmc_server.py"), "--name", name, "--bind", "127.0.0.1",
+                "--port", str(port), "--base-port", str(base_port), "-n", str(replicas), "-q"]
+        self.command = " ".join(["./nmc_server.py", *args[2:]])
+        self.proc = subprocess.Popen(
+            args, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            text=True, encoding="utf-8", errors="replace", start_new_session=True,
+            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        self.started = time.monotonic()
+        self.reader = threading.Thread(target=self._read, name="nmc-log", daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            line = line.rstrip("\n")
+            self.lines.append((time.monotonic(), line))
+            if "serving on http://" in line:
+                self.serving.set()
+
+    def wait_serving(self, limit: float) -> bool:
+        deadline = time.monotonic() + limit
+        while time.monotonic() < deadline:
+            if self.serving.wait(0.1):
+                return True
+            if self.proc.poll() is not None:
+                self.reader.join(2)
+                return self.serving.is_set()
+        return False
+
+    def stop(self) -> None:
+        """SIGTERM (nmc drains and removes its replicas itself); SIGKILL when it takes too long."""
+        if self.proc.poll() is None:
+            began = time.monotonic()
+            try:
+                self.proc.send_signal(signal.SIGTERM)
+                self.proc.wait(STOP_LIMIT)
+            except subprocess.TimeoutExpired:
+                log(f"nmc did not exit within {STOP_LIMIT:g}s of SIGTERM: killing it")
+                self.killed = True
+                self.proc.kill()
+                try:
+                    self.proc.wait(5)
+                except subprocess.TimeoutExpired:
+                    pass
+            self.stop_took = time.monotonic() - began
+        self.exit_code = self.proc.poll()
+        self.reader.join(2)
+
+    def tail(self, count: int = 15) -> str:
+        return "\n".join(line for _, line in self.lines[-count:])
+
+
+# -- the cluster's containers, through the Docker SDK ---------------------------------------------
+
+
+def engine() -> docker.DockerClient:
+    return docker.from_env(timeout=ENGINE_TIMEOUT)
+
+
+def cluster_containers(client: docker.DockerClient, cluster: str) -> list[dict]:
+    """The cluster's containers (any state) as the engine lists them: Id, Names, State, Labels."""
+    return client.api.containers(all=True, filters={"label": f"{LABEL_CLUSTER}={cluster}"})
+
+
+def container_name(summary: dict) -> str:
+    return (summary.get("Names") or ["/?"])[0].lstrip("/")
+
+
+def remove_cluster(client: docker.DockerClient, cluster: str) -> list[str]:
+    """Force-remove every container labelled with `cluster`; their names and states."""
+    removed = []
+    for summary in cluster_containers(client, cluster):
+        if summary.get("Labels", {}).get(LABEL_CLUSTER) != cluster:  # belt and braces
+            continue
+        removed.append(f"{container_name(summary)} ({summary['Id'][:12]}, {summary.get('State')})")
+        try:
+            client.api.remove_container(summary["Id"], force=True)
+        except docker.errors.NotFound:
+            pass
+        except docker.errors.APIError:
+            try:  # a paused container that would not go: unpause, then again
+                client.api.unpause(summary["Id"])
+                client.api.remove_container(summary["Id"], force=True)
+            except docker.errors.APIError as e:
+                log(f"could not remove {container_name(summary)}: {e}")
+    return removed
+
+
+# -- the load -------------------------------------------------------------------------------------
+
+
+@dataclass
+class Failure:
+    start: float      # seconds since the load began
+    end: float
+    method: str
+    kind: str
+    detail: str
+    request_id: str
+
+
+@dataclass
+class ClientStats:
+    sent: Counter = field(default_factory=Counter)
+    ok: Counter = field(default_factory=Counter)
+    failed: Counter = field(default_factory=Counter)        # (method, kind) -> count
+    examples: dict = field(default_factory=dict)            # (method, kind) -> [Failure]
+    latency: dict = field(default_factory=lambda: {m: [] for m in METHODS})
+    per_second: Counter = field(default_factory=Counter)    # (second, "ok" | "failed") -> count
+    left_running: bool = False
+
+
+class Load:
+    def __init__(self, url: str, clients: int, seed: int, timeout: float):
+        self.url, self.clients, self.seed, self.timeout = url, clients, seed, timeout
+        body_rng = random.Random(f"{seed}-bodies")
+        alphabet = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_"
+        self.bodies = [bytes(body_rng.choice(alphabet) for _ in range(BODY_SIZE)) for _ in range(4)]
+        self.digests = [hashlib.sha256(b).hexdigest() for b in self.bodies]
+        self.stop = threading.Event()
+        self.stats = [ClientStats() for _ in range(clients)]
+        self.threads = [threading.Thread(target=self._client, args=(i,), name=f"client-{i}", daemon=True)
+                        for i in range(clients)]
+        self.began = 0.0
+        self.end = 0.0
+
+    def start(self, duration: float) -> None:
+        self.began = time.monotonic()
+        self.end = self.began + duration
+        for thread in self.threads:
+            thread.start()
+
+    def join(self, deadline: float) -> None:
+        self.stop.set()
+        for index, thread in enumerate(self.threads):
+            thread.join(max(0.0, deadline - time.monotonic()))
+            self.stats[index].left_running = thread.is_alive()
+
+    def _client(self, index: int) -> None:
+        stats = self.stats[index]
+        rng = random.Random(f"{self.seed}-client-{index}")
+        methods = [m for m, weight in MIX for _ in range(weight)]
+        session = requests.Session()
+        session.trust_env = False
+        limit = int((self.end - self.began) * MAX_RATE) + 1  # bounded in count, not only in time
+        try:
+            for number in range(limit):
+                if self.stop.is_set() or time.monotonic() >= self.end:
+                    break
+                method = rng.choice(methods)
+                self._one(session, stats, method, rng.randrange(len(self.bodies)), f"chaos-{index}-{number}")
+        finally:
+            session.close()
+
+    def _one(self, session: requests.Session, stats: ClientStats, method: str, which: int,
+             request_id: str) -> None:
+        headers = {"X-Request-ID": request_id}
+        body = None
+        if method == "GET":
+            url = self.url + "/whoami"
+        else:
+            url = self.url + "/echo"
+            body = self.bodies[which]
+            headers["Content-Type"] = "application/octet-stream"
+        stats.sent[method] += 1
+        started = time.monotonic()
+        kind = detail = None
+        try:
+            response = session.request(method, url, data=body, headers=headers,
+                                       timeout=(self.timeout, self.timeout), allow_redirects=False)
+            if not 200 <= response.status_code < 300:
+                kind = f"HTTP {response.status_code}"
+                detail = (f"{response.text.strip()[:160]!r} "
+                          f"(X-Served-By: {response.headers.get('X-Served-By', '-')})")
+            else:
+                problem = self._check(method, which, response)
+                if problem:
+                    kind, detail = "wrong answer", problem
+        except requests.exceptions.RequestException as e:
+            kind, detail = failure_kind(e), str(e)[:240]
+        ended = time.monotonic()
+        stats.latency[method].append(ended - started)
+        second = int(started - self.began)
+        if kind is None:
+            stats.ok[method] += 1
+            stats.per_second[second, "ok"] += 1
+            return
+        stats.per_second[second, "failed"] += 1
+        stats.failed[method, kind] += 1
+        examples = stats.examples.setdefault((method, kind), [])
+        if len(examples) < EXAMPLES:
+            examples.append(Failure(started - self.began, ended - self.began, method, kind, detail,
+                                    request_id))
+
+    def _check(self, method: str, which: int, response: requests.Response) -> str | None:
+        """What is wrong with a 2xx answer, or None."""
+        try:
+            answer = response.json()
+        except ValueError:
+            return f"not JSON: {response.text[:80]!r}"
+        if answer.get("method") != method:
+            return f"answer for method {answer.get('method')!r}"
+        if method == "GET":
+            return None if answer.get("url") == "/whoami" else f"answer for {answer.get('url')!r}"
+        if answer.get("bodyLength") != BODY_SIZE or answer.get("bodySha256") != self.digests[which]:
+            return (f"echoed {answer.get('bodyLength')} bytes, sha256 {str(answer.get('bodySha256'))[:12]}"
+                    f" (sent {BODY_SIZE}, {self.digests[which][:12]})")
+        return None
+
+
+# -- the chaos ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Action:
+    at: float           # seconds after the load began
+    what: str           # kill, pause, unpause, crash
+    port: int           # the replica preferred by the schedule
+    number: int = 0
+    # filled in when it runs
+    ran_at: float | None = None
+    name: str = ""
+    container: str = ""
+    outcome: str = ""
+    call_took: float | None = None
+    measure: "Replacement | None" = None
+
+
+class Replacement(threading.Thread):
+    """Measures the time from an action until a new container with the same name is running
+    and answers /healthz on its port. Polls every POLL seconds, for REPLACE_LIMIT at most."""
+
+    def __init__(self, name: str, port: int, old_id: str, since: float, stop: threading.Event):
+        super().__init__(name=f"measure-{name}", daemon=True)
+        self.replica, self.port, self.old_id, self.since, self.halt = name, port, old_id, since, stop
+        self.running_after: float | None = None
+        self.healthy_after: float | None = None
+        self.new_id = ""
+        self.error = ""
+
+    def run(self) -> None:
+        client = session = None
+        try:
+            client = engine()
+            session = requests.Session()
+            session.trust_env = False
+            deadline = self.since + REPLACE_LIMIT
+            for _ in range(int(REPLACE_LIMIT / POLL) + 1):
+                if time.monotonic() >= deadline or self.halt.is_set():
+                    break
+                if self._poll(client, session):
+                    return
+                time.sleep(POLL)
+            self.error = f"not replaced within {min(REPLACE_LIMIT, time.monotonic() - self.since):.1f}s"
+        except Exception as e:  # a measurement must never take the run down
+            self.error = f"measurement failed: {type(e).__name__}: {e}"
+        finally:
+            if session is not None:
+                session.close()
+            if client is not None:
+                client.close()
+
+    def _poll(self, client: docker.DockerClient, session: requests.Session) -> bool:
+        try:
+            state = client.api.inspect_container(self.replica)
+        except docker.errors.NotFound:
+            return False
+        running = (state.get("State") or {}).get("Status") == "running"
+        if state["Id"] == self.old_id or not running:
+            return False
+        if self.running_after is None or state["Id"] != self.new_id:
+            self.new_id = state["Id"]
+            self.running_after = time.monotonic() - self.since
+        try:
+            answer = session.get(f"http://127.0.0.1:{self.port}/healthz", timeout=0.5)
+        except requests.exceptions.RequestException:
+            return False
+        if answer.status_code != 200:
+            return False
+        self.healthy_after = time.monotonic() - self.since
+        return True
+
+
+def make_schedule(seed: int, duration: float, every: float, ports: list[int]) -> list[Action]:
+    """Kills every `every` seconds, one pause (then its unpause) and one crash, half-way between
+    two kills; which replica each one prefers comes from the seed."""
+    rng = random.Random(seed)
+    actions = []
+    at = every
+    while at < duration - 0.5:
+        actions.append(Action(at, "kill", rng.choice(ports)))
+        at += every
+    pause_at = every * max(1, round(0.3 * duration / every)) + every / 2
+    crash_at = every * max(1, round(0.6 * duration / every)) + every / 2
+    pause_port, crash_port = rng.choice(ports), rng.choice(ports)
+    if pause_at < duration - 0.5:
+        actions.append(Action(pause_at, "pause", pause_port))
+        actions.append(Action(pause_at + PAUSE_FOR, "unpause", pause_port))
+    if crash_at < duration - 0.5:
+        actions.append(Action(crash_at, "crash", crash_port))
+    actions.sort(key=lambda a: a.at)
+    counts: Counter = Counter()
+    for action in actions:
+        counts[action.what] += 1
+        action.number = counts[action.what]
+    return actions
+
+
+class Chaos:
+    def __init__(self, client: docker.DockerClient, cluster: str, ports: list[int], load: Load):
+        self.client, self.cluster, self.ports, self.load = client, cluster, ports, load
+        self.halt = threading.Event()          # stops the measurements
+        self.paused: Action | None = None
+        self.measures: list[Replacement] = []
+
+    def running(self) -> dict[int, dict]:
+        """port -> summary of the running container serving it."""
+        by_port = {}
+        for summary in cluster_containers(self.client, self.cluster):
+            if summary.get("State") != "running":
+                continue
+            try:
+                by_port[int(summary.get("Labels", {}).get(LABEL_PORT, ""))] = summary
+            except ValueError:
+                pass
+        return by_port
+
+    def target(self, action: Action) -> dict | None:
+        """The running container of the preferred replica, else of the next one in port order."""
+        running = self.running()
+        start = self.ports.index(action.port)
+        for step in range(len(self.ports)):
+            port = self.ports[(start + step) % len(self.ports)]
+            if port in running:
+                if step:
+                    action.outcome = f"(preferred port {action.port} had no running container) "
+                return running[port]
+        return None
+
+    def run(self, action: Action) -> None:
+        action.ran_at = time.monotonic() - self.load.began
+        try:
+            getattr(self, "_" + action.what)(action)
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as e:
+            action.outcome += f"failed: {type(e).__name__}: {str(e)[:160]}"
+        log(f"t={action.ran_at:5.1f}s {action.what} #{action.number} {action.name or '-'}: {action.outcome}")
+
+    def _measure(self, action: Action, port: int, old_id: str, since: float) -> None:
+        action.measure = Replacement(action.name, port, old_id, since, self.halt)
+        self.measures.append(action.measure)
+        action.measure.start()
+
+    def _kill(self, action: Action) -> None:
+        victim = self.target(action)
+        if victim is None:
+            action.outcome += "skipped: no replica is running"
+            return
+        action.name, action.container = container_name(victim), victim["Id"][:12]
+        port = int(victim["Labels"][LABEL_PORT])
+        began = time.monotonic()
+        self.client.api.kill(victim["Id"])  # SIGKILL
+        action.call_took = time.monotonic() - began
+        action.outcome += "killed (SIGKILL)"
+        self._measure(action, port, victim["Id"], began)
+
+    def _pause(self, action: Action) -> None:
+        victim = self.target(action)
+        if victim is None:
+            action.outcome += "skipped: no replica is running"
+            return
+        action.name, action.container = container_name(victim), victim["Id"][:12]
+        port = int(victim["Labels"][LABEL_PORT])
+        began = time.monotonic()
+        self.client.api.pause(victim["Id"])
+        action.call_took = time.monotonic() - began
+        action.outcome += "paused"
+        self.paused = action
+        self._measure(action, port, victim["Id"], began)
+
+    def _unpause(self, action: Action) -> None:
+        paused = self.paused
+        if paused is None or not paused.container:
+            action.outcome = "nothing to unpause (the pause was skipped)"
+            return
+        action.name, action.container = paused.name, paused.container
+        try:
+            state = self.client.api.inspect_container(paused.container)
+        except docker.errors.NotFound:
+            action.outcome = f"not needed: nmc had already removed the paused container"
+            return
+        status = (state.get("State") or {}).get("Status")
+        if status == "paused":
+            self.client.api.unpause(paused.container)
+            action.outcome = "unpaused: it was still there and paused after 3 s"
+        else:
+            action.outcome = f"not needed: the paused container is now {status}"
+
+    def _crash(self, action: Action) -> None:
+        victim = self.target(action)
+        if victim is None:
+            action.outcome += "skipped: no replica is running"
+            return
+        action.name, action.container = container_name(victim), victim["Id"][:12]
+        port = int(victim["Labels"][LABEL_PORT])  # the replica's published port, as nmc labels it
+        began = time.monotonic()
+        try:
+            answer = requests.get(f"http://127.0.0.1:{port}/crash", timeout=5)
+            action.outcome += f"GET 127.0.0.1:{port}/crash answered {answer.status_code} {answer.text.strip()!r}"
+        except requests.exceptions.RequestException as e:
+            action.outcome += f"GET 127.0.0.1:{port}/crash failed: {failure_kind(e)}"
+        action.call_took = time.monotonic() - began
+        self._measure(action, port, victim["Id"], began)
+
+    def join(self, deadline: float) -> None:
+        for measure in self.measures:
+            measure.join(max(0.0, deadline - time.monotonic()))
+        self.halt.set()
+        for measure in self.measures:
+            measure.join(0.5)
+            if measure.is_alive() and not measure.error:
+                measure.error = "measurement still running at the end of the run"
+
+
+# -- the report -----------------------------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    args: argparse.Namespace
+    cluster: str = ""
+    seed: int = 0
+    began_wall: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+    began: float = field(default_factory=time.monotonic)
+    nmc: Nmc | None = None
+    load: Load | None = None
+    chaos: Chaos | None = None
+    actions: list[Action] = field(default_factory=list)
+    phases: dict = field(default_factory=dict)
+    cpu: dict = field(default_factory=dict)
+    leaked: list[str] = field(default_factory=list)
+    leak_checked: bool = False
+    interrupted: str = ""
+    error: str = ""
+
+
+def merged(load: Load):
+    sent, ok, failed = Counter(), Counter(), Counter()
+    examples: dict = {}
+    latency = {m: [] for m in METHODS}
+    per_second = Counter()
+    for stats in load.stats:
+        sent.update(stats.sent)
+        ok.update(stats.ok)
+        failed.update(stats.failed)
+        per_second.update(stats.per_second)
+        for key, items in stats.examples.items():
+            examples.setdefault(key, []).extend(items)
+        for method in METHODS:
+            latency[method].extend(stats.latency[method])
+    for key in examples:
+        examples[key] = sorted(examples[key], key=lambda f: f.start)[:EXAMPLES]
+    return sent, ok, failed, examples, latency, per_second
+
+
+def last_action_before(actions: list[Action], at: float) -> str:
+    done = [a for a in actions if a.ran_at is not None and a.ran_at <= at and a.name]
+    if not done:
+        return "before any chaos"
+    last = max(done, key=lambda a: a.ran_at)
+    return f"{at - last.ran_at:.2f}s after {last.what} #{last.number} of {last.name}"
+
+
+def verdict(run: Run) -> tuple[int, list[str]]:
+    reasons = []
+    if run.error:
+        reasons.append(run.error)
+    if run.interrupted:
+        reasons.append(f"interrupted ({run.interrupted})")
+    if run.load is not None:
+        _, _, failed, _, _, _ = merged(run.load)
+        for method in ("GET", "PUT"):
+            count = sum(n for (m, _), n in failed.items() if m == method)
+            if count:
+                reasons.append(f"{count} {method} failure(s)")
+        wrong = sum(n for (m, k), n in failed.items() if m == "POST" and k == "wrong answer")
+        if wrong:
+            reasons.append(f"{wrong} wrong POST answer(s)")
+    if run.leaked:
+        reasons.append(f"{len(run.leaked)} leaked container(s)")
+    if not run.leak_checked:
+        reasons.append("could not check for leaked containers")
+    if run.interrupted:
+        return 130, reasons
+    return (1 if reasons else 0), reasons
+
+
+def report(run: Run) -> str:
+    code, reasons = verdict(run)
+    out = []
+    add = out.append
+    took = time.monotonic() - run.began
+    args = run.args
+    add(f"# nmc chaos run {run.began_wall:%Y-%m-%d %H:%M:%S} UTC")
+    add("")
+    add(f"**{'PASS' if code == 0 else 'FAIL'}**" + (f": {'; '.join(reasons)}" if reasons else
+        ": GET and PUT had no failure, every answer was right, nothing leaked"))
+    add("")
+    add(f"- cluster `{run.cluster}`: {args.replicas} replicas, {args.clients} clients, "
+        f"{args.duration:g} s of load, a kill every {args.kill_every:g} s, seed {run.seed} "
+        f"(repeat: `make chaos CHAOS_ARGS=\"--seed {run.seed}"
+        + (f" --replicas {args.replicas}" if args.replicas != 3 else "")
+        + (f" --duration {args.duration:g}" if args.duration != 30 else "")
+        + (f" --clients {args.clients}" if args.clients != 32 else "") + "\"`)")
+    if run.nmc is not None:
+        add(f"- nmc: `{run.nmc.command}`")
+    phases = ", ".join(f"{k} {v:.1f} s" for k, v in run.phases.items())
+    add(f"- took {took:.1f} s ({phases})")
+    if run.nmc is not None and run.nmc.exit_code is not None:
+        add(f"- nmc exited with code {run.nmc.exit_code} after SIGTERM "
+            f"(in {run.nmc.stop_took or 0:.1f} s{', after a SIGKILL' if run.nmc.killed else ''})")
+    add(f"- **leaked containers: {len(run.leaked) if run.leak_checked else 'unknown'}**"
+        + (f" ({', '.join(run.leaked)}; removed)" if run.leaked else ""))
+
+    load = run.load
+    if load is not None and load.began:
+        sent, ok, failed, examples, latency, per_second = merged(load)
+        duration = max(1e-9, min(time.monotonic(), load.end) - load.began)
+        total = sum(sent.values())
+        add("")
+        add("## Requests")
+        add("")
+        add("| method | sent | ok | failed | p50 | p99 | max |")
+        add("|---|---:|---:|---:|---:|---:|---:|")
+        everything = []
+        for method in METHODS:
+            values = sorted(latency[method])
+            everything.extend(values)
+            n_failed = sum(n for (m, _), n in failed.items() if m == method)
+            label = {"GET": "GET /whoami", "POST": "POST /echo (4 KiB)", "PUT": "PUT /echo (4 KiB)"}[method]
+            add(f"| {label} | {sent[method]} | {ok[method]} | {n_failed} | {ms(percentile(values, 50))} "
+                f"| {ms(percentile(values, 99))} | {ms(values[-1] if values else None)} |")
+        everything.sort()
+        add(f"| **all** | {total} | {sum(ok.values())} | {sum(failed.values())} "
+            f"| {ms(percentile(everything, 50))} | {ms(percentile(everything, 99))} "
+            f"| {ms(everything[-1] if everything else None)} |")
+        add("")
+        add(f"{total / duration:.0f} requests/s. Latency is per request, from sending to the whole "
+            "answer read, failed ones included.")
+        if run.cpu:
+            add(f"CPU during the load: this load generator {run.cpu['client']:.0%} of one core "
+                f"(Python threads share one: at most ~100%), nmc {run.cpu.get('nmc', 0):.0%} "
+                f"of one core (one gevent process: at most 100%).")
+        stuck = sum(1 for s in load.stats if s.left_running)
+        if stuck:
+            add(f"{stuck} client(s) were still in a request when the run ended (abandoned).")
+
+        add("")
+        add("## Failures")
+        add("")
+        if not failed:
+            add("None.")
+        else:
+            add("| method | kind | count |")
+            add("|---|---|---:|")
+            for (method, kind), count in sorted(failed.items(), key=lambda kv: (METHODS.index(kv[0][0]), -kv[1])):
+                add(f"| {method} | {kind} | {count} |")
+            add("")
+            add("First examples (t = seconds since the load began; the request id is in nmc's answer):")
+            add("")
+            for (method, kind) in sorted(failed, key=lambda k: (METHODS.index(k[0]), -failed[k])):
+                for f in examples.get((method, kind), []):
+                    add(f"- {method} {kind}, t={f.start:.2f}-{f.end:.2f}s, {f.request_id}, "
+                        f"{last_action_before(run.actions, f.end)}: {f.detail}")
+
+    add("")
+    add("## Chaos and time to replace")
+    add("")
+    add("Time to replace: from the kill (pause, crash) until a new container with the same name is "
+        f"running, and until it answers /healthz on its port (polled every {POLL * 1000:.0f} ms).")
+    add("")
+    add("| # | t | action | replica | container | outcome | running after | healthy after |")
+    add("|---|---:|---|---|---|---|---:|---:|")
+    for action in run.actions:
+        if action.ran_at is None:
+            continue
+        measure = action.measure
+        running = ms(measure.running_after) if measure else ""
+        healthy = (ms(measure.healthy_after) if measure and measure.healthy_after is not None
+                   else (measure.error if measure else ""))
+        add(f"| {action.what} #{action.number} | {action.ran_at:.1f} s | {action.what} | {action.name or '-'} "
+            f"| {action.container or '-'} | {action.outcome} | {running} | {healthy} |")
+    kills = [a.measure.healthy_after for a in run.actions
+             if a.what == "kill" and a.measure and a.measure.healthy_after is not None]
+    add("")
+    if kills:
+        add(f"**Kills: {len(kills)} measured; time to replace (healthy) median {ms(statistics.median(kills))}, "
+            f"max {ms(max(kills))}, min {ms(min(kills))}.**")
+    unmeasured = [a for a in run.actions if a.what == "kill" and a.ran_at is not None
+                  and not (a.measure and a.measure.healthy_after is not None)]
+    if unmeasured:
+        notes = "; ".join(f"#{a.number}: {a.outcome} {a.measure.error if a.measure else ''}".strip()
+                          for a in unmeasured)
+        add(f"Kills without a measured replacement: {len(unmeasured)} ({notes}).")
+    for what in ("pause", "unpause", "crash"):
+        for action in run.actions:
+            if action.what == what and action.ran_at is not None:
+                extra = ""
+                if action.measure:
+                    extra = (f"; replaced: running after {ms(action.measure.running_after)}, healthy after "
+                             f"{ms(action.measure.healthy_after)}" if action.measure.healthy_after is not None
+                             else f"; {action.measure.error}")
+                add(f"- **{what}** at t={action.ran_at:.1f}s of {action.name or '-'}: {action.outcome}{extra}")
+
+    if load is not None and load.began:
+        _, _, _, _, _, per_second = merged(load)
+        seconds = sorted({s for s, _ in per_second})
+        if seconds:
+            add("")
+            add("## Timeline")
+            add("")
+            add("| second | ok | failed | chaos |")
+            add("|---:|---:|---:|---|")
+            for second in seconds:
+                events = ", ".join(f"{a.what} {a.name.rsplit('-', 1)[-1]}" for a in run.actions
+                                   if a.ran_at is not None and int(a.ran_at) == second and a.name)
+                add(f"| {second} | {per_second[second, 'ok']} | {per_second[second, 'failed']} | {events} |")
+
+    if run.nmc is not None and run.nmc.lines:
+        add("")
+        add("## nmc's log")
+        add("")
+        add("```")
+        for at, line in run.nmc.lines[:400]:
+            add(line)
+        if len(run.nmc.lines) > 400:
+            add(f"... {len(run.nmc.lines) - 400} more lines")
+        add("```")
+    return "\n".join(out) + "\n"
+
+
+# -- the run --------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="chaos.py", description="A bounded chaos run against an nmc cluster of its own "
+        "(kills, a pause, a crash under load); see the module docstring.")
+    parser.add_argument("--replicas", "-n", type=int, default=3, help="replicas (default 3)")
+    parser.add_argument("--duration", type=float, default=30.0, help="seconds of load (default 30)")
+    parser.add_argument("--clients", type=int, default=32, help="concurrent clients (default 32)")
+    parser.add_argument("--seed", type=int, default=None, help="fixes the chaos schedule and the "
+                        "request mix (default: a random one, printed)")
+    parser.add_argument("--kill-every", type=float, default=2.0, help="seconds between kills (default 2)")
+    parser.add_argument("--timeout", type=float, default=10.0, help="seconds per request (default 10)")
+    args = parser.parse_args(argv)
+    if not 1 <= args.replicas <= 64:
+        parser.error("--replicas must be from 1 to 64")
+    if not 1 <= args.duration <= 3600:
+        parser.error("--duration must be from 1 to 3600 seconds")
+    if not 1 <= args.clients <= 1024:
+        parser.error("--clients must be from 1 to 1024")
+    if not 0.2 <= args.kill_every <= 3600:
+        parser.error("--kill-every must be at least 0.2 seconds")
+    if not 0.1 <= args.timeout <= 60:
+        parser.error("--timeout must be from 0.1 to 60 seconds")
+    return args
+
+
+class Signals:
+    """The first SIGINT/SIGTERM/SIGHUP raises Interrupted (the finally blocks clean up); later ones
+    while cleaning up are only noted, so that the clean-up itself is never cut short."""
+
+    def __init__(self):
+        self.count = 0
+        self.cleaning = False
+        self.name = ""
+
+    def install(self) -> None:
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(signum, self.handle)
+
+    def handle(self, signum, frame) -> None:
+        self.count += 1
+        if self.count == 1:
+            self.name = signal.Signals(signum).name
+        if self.cleaning or self.count > 1:
+            log(f"{signal.Signals(signum).name}: still removing the cluster, a few seconds more")
+            return
+        raise Interrupted(self.name)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    signals = Signals()
+    signals.install()
+    run = Run(args)
+    run.seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1, 10**6)
+    run.cluster = f"nmc-chaos-{uuid.uuid4().hex[:8]}"
+    client = None
+    try:
+        try:
+            client = engine()
+            client.ping()
+        except docker.errors.DockerException as e:
+            run.error = f"no Docker engine answers ({e})"
+            log(run.error)
+            return 1
+        run.phases["start nmc"] = _start_nmc(run)
+        if run.error:
+            return 1
+        base = run.nmc.base_port
+        ports = list(range(base, base + args.replicas))
+        run.actions = make_schedule(run.seed, args.duration, args.kill_every, ports)
+        log(f"seed {run.seed}: {sum(a.what == 'kill' for a in run.actions)} kills, "
+            + ", ".join(f"{a.what} at {a.at:g}s" for a in run.actions if a.what != "kill"))
+        run.load = Load(f"http://127.0.0.1:{run.nmc.port}", args.clients, run.seed, args.timeout)
+        run.chaos = Chaos(client, run.cluster, ports, run.load)
+        _load_and_chaos(run)
+    except Interrupted as e:
+        run.interrupted = str(e)
+        log(f"interrupted ({e}): stopping the load and removing the cluster")
+    except Exception as e:
+        run.error = f"{type(e).__name__}: {e}"
+        log(f"error: {run.error}; removing the cluster")
+    finally:
+        signals.cleaning = True
+        _clean_up(run, client)
+        if signals.count and not run.interrupted:
+            run.interrupted = signals.name
+    text = report(run)
+    print(text, flush=True)
+    try:
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        path = RESULTS / f"chaos-{run.began_wall:%Y%m%dT%H%M%SZ}.md"
+        path.write_text(text)
+        log(f"report written to {path.relative_to(ROOT)}")
+    except OSError as e:
+        log(f"could not write the report: {e}")
+    code, reasons = verdict(run)
+    log(f"{'PASS' if code == 0 else 'FAIL'} in {time.monotonic() - run.began:.1f}s"
+        + (f": {'; '.join(reasons)}" if reasons else ""))
+    return code
+
+
+def _start_nmc(run: Run) -> float:
+    began = time.monotonic()
+    for attempt in range(3):  # a free port can be taken between our probe and nmc's bind
+        base = free_ports(run.args.replicas)
+        port = free_ports(1, set(range(base, base + run.args.replicas)))
+        run.nmc = Nmc(run.cluster, port, base, run.args.replicas)
+        log(f"starting {run.nmc.command}")
+        if run.nmc.wait_serving(START_LIMIT):
+            log(f"nmc is serving on 127.0.0.1:{port}, replicas on {base}-{base + run.args.replicas - 1}")
+            return time.monotonic() - began
+        run.nmc.stop()
+        output = run.nmc.tail()
+        if "in use" not in output or attempt == 2:
+            run.error = (f"nmc did not start within {START_LIMIT:g}s (exit code {run.nmc.exit_code}): "
+                         f"{output.strip()[-600:] or 'no output'}")
+            log(run.error)
+            break
+    return time.monotonic() - began
+
+
+def _load_and_chaos(run: Run) -> None:
+    load, chaos, args = run.load, run.chaos, run.args
+    cpu_client, cpu_nmc = own_cpu(), process_cpu(run.nmc.proc.pid)
+    load.start(args.duration)
+    log(f"load: {args.clients} clients for {args.duration:g}s against {load.url}")
+    for action in run.actions:
+        wait = load.began + action.at - time.monotonic()
+        if wait > 0:
+            time.sleep(wait)  # a signal interrupts it (Interrupted)
+        if run.nmc.proc.poll() is not None:
+            raise RuntimeError(f"nmc exited during the run with code {run.nmc.proc.poll()}:\n{run.nmc.tail()}")
+        chaos.run(action)
+    remaining = load.end - time.monotonic()
+    if remaining > 0:
+        time.sleep(remaining)
+    wall = max(1e-9, time.monotonic() - load.began)
+    nmc_now = process_cpu(run.nmc.proc.pid)
+    run.cpu["client"] = (own_cpu() - cpu_client) / wall
+    if cpu_nmc is not None and nmc_now is not None:
+        run.cpu["nmc"] = (nmc_now - cpu_nmc) / wall
+    run.phases["load"] = wall
+
+
+def _clean_up(run: Run, client) -> None:
+    """Stop the clients and the measurements (bounded), SIGTERM nmc, then check for and remove
+    whatever of the cluster is left. Runs whatever happened before."""
+    began = time.monotonic()
+    if run.load is not None:
+        run.load.join(began + run.args.timeout + 1)  # a request in flight ends within its timeout
+        if run.chaos is not None:
+            run.chaos.join(time.monotonic() + 3)
+        run.phases["drain clients"] = time.monotonic() - began
+    if run.nmc is not None:
+        stopping = time.monotonic()
+        run.nmc.stop()
+        run.phases["stop nmc"] = time.monotonic() - stopping
+    try:
+        client = client or engine()
+        run.leaked = remove_cluster(client, run.cluster)
+        time.sleep(0.5)  # a create cut short by a killed nmc can still land a moment later
+        run.leaked += remove_cluster(client, run.cluster)
+        run.leak_checked = True
+    except (docker.errors.DockerException, requests.exceptions.RequestException) as e:
+        log(f"could not check the cluster's containers: {e}")
+    finally:
+        if client is not None:
+            client.close()
+    if run.leaked:
+        log(f"leaked containers: {len(run.leaked)} ({', '.join(run.leaked)}); removed")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
