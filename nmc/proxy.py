@@ -123,7 +123,7 @@ class Proxy:
             request.method = method
             request.url = replica.url + target
             request.headers = CaseInsensitiveDict(headers)
-            request.body = body
+            request.body = body.data if isinstance(body, _SmallBody) else body
             try:
                 response = self.transport.send(request, stream=True, timeout=self.timeout)
             except requests.exceptions.ConnectTimeout:
@@ -139,8 +139,8 @@ class Proxy:
                     self.report_failure(replica, "connection refused")
                     continue
                 self.report_failure(replica, "connection broken")
-                if body is None and method in IDEMPOTENT:
-                    continue
+                if method in IDEMPOTENT and (body is None or body.replayable):
+                    continue  # safe to send again: the method says so, and the body is at hand
                 return error_answer(start_response, 502, f"replica {replica.name} broke the connection",
                                     request_id)
             except requests.exceptions.RequestException as e:
@@ -240,13 +240,33 @@ class _ClientBody:
 class _LengthBody(_ClientBody):
     """A Content-Length body: urllib3 reads it as a file, in blocks."""
 
+    replayable = False
+
     def read(self, size: int = -1) -> bytes:
         return self._guarded(self.stream.read, size)
+
+
+class _SmallBody(_ClientBody):
+    """A body of at most SMALL_BODY bytes, read whole before relaying: it can be sent again to
+    another replica when the first breaks the connection (an idempotent PUT or DELETE)."""
+
+    replayable = True
+
+    def __init__(self, stream, length: int):
+        super().__init__(stream)
+        try:
+            self.data = self._guarded(stream.read, length)
+        except (OSError, ValueError) as e:
+            raise ClientBodyError(f"request body ({e})") from e
+        if len(self.data) != length:
+            raise ClientBodyError(f"request body ended after {len(self.data)} of {length} bytes")
 
 
 class _ChunkedBody(_ClientBody):
     """A chunked body: urllib3 sends each piece as a chunk. (No `read` here: urllib3 would take
     this for a file and skip the first piece, read ahead below.)"""
+
+    replayable = False
 
     def __init__(self, stream):
         super().__init__(stream)
@@ -268,6 +288,8 @@ def _request_body(environ: dict) -> _ClientBody | None:
     stream = environ["wsgi.input"]
     length = environ.get("CONTENT_LENGTH")
     if length and length != "0":
+        if int(length) <= SMALL_BODY:
+            return _SmallBody(stream, int(length))
         return _LengthBody(stream)
     if environ.get("HTTP_TRANSFER_ENCODING", "").lower() == "chunked":
         body = _ChunkedBody(stream)

@@ -140,6 +140,30 @@ def process_cpu(pid: int) -> float | None:
         return None
 
 
+def machine_cpu() -> tuple[float, float] | None:
+    """(busy, total) CPU seconds of the whole machine so far, from /proc/stat (None elsewhere)."""
+    try:
+        values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    except (OSError, ValueError, IndexError):
+        return None
+    idle = values[3] + (values[4] if len(values) > 4 else 0)  # idle + iowait
+    tick = os.sysconf("SC_CLK_TCK")
+    return (sum(values[:8]) - idle) / tick, sum(values[:8]) / tick
+
+
+def source_state() -> str:
+    """The commit, and nmc's files changed since it (others may be editing them)."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                              text=True, timeout=5).stdout.strip()
+        changed = subprocess.run(["git", "status", "--porcelain", "--", "nmc", "nmc_server.py"], cwd=ROOT,
+                                 capture_output=True, text=True, timeout=5).stdout.split("\n")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown (no git)"
+    files = [line[3:] for line in changed if line.strip()]
+    return f"commit {head or '?'}" + (f", with uncommitted changes to {', '.join(files)}" if files else "")
+
+
 def own_cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
@@ -604,6 +628,7 @@ class Run:
     actions: list[Action] = field(default_factory=list)
     phases: dict = field(default_factory=dict)
     cpu: dict = field(default_factory=dict)
+    source: str = ""
     leaked: list[str] = field(default_factory=list)
     leak_checked: bool = False
     interrupted: str = ""
@@ -679,7 +704,7 @@ def report(run: Run) -> str:
         + (f" --duration {args.duration:g}" if args.duration != 30 else "")
         + (f" --clients {args.clients}" if args.clients != 32 else "") + "\"`)")
     if run.nmc is not None:
-        add(f"- nmc: `{run.nmc.command}`")
+        add(f"- nmc: `{run.nmc.command}` ({run.source})")
     phases = ", ".join(f"{k} {v:.1f} s" for k, v in run.phases.items())
     add(f"- took {took:.1f} s ({phases})")
     if run.nmc is not None and run.nmc.exit_code is not None:
@@ -716,7 +741,9 @@ def report(run: Run) -> str:
         if run.cpu:
             add(f"CPU during the load: this load generator {run.cpu['client']:.0%} of one core "
                 f"(Python threads share one: at most ~100%), nmc {run.cpu.get('nmc', 0):.0%} "
-                f"of one core (one gevent process: at most 100%).")
+                f"of one core (one gevent process: at most 100%)"
+                + (f"; the whole machine {run.cpu['machine']:.0%} busy ({os.cpu_count()} cores)."
+                   if "machine" in run.cpu else "."))
         stuck = sum(1 for s in load.stats if s.left_running)
         if stuck:
             add(f"{stuck} client(s) were still in a request when the run ended (abandoned).")
@@ -819,6 +846,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         "request mix (default: a random one, printed)")
     parser.add_argument("--kill-every", type=float, default=2.0, help="seconds between kills (default 2)")
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds per request (default 10)")
+    parser.add_argument("--no-chaos", action="store_true", help="the load alone: a baseline to "
+                        "compare latency and throughput with")
     args = parser.parse_args(argv)
     if not 1 <= args.replicas <= 64:
         parser.error("--replicas must be from 1 to 64")
@@ -863,6 +892,7 @@ def main(argv: list[str] | None = None) -> int:
     run = Run(args)
     run.seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1, 10**6)
     run.cluster = f"nmc-chaos-{uuid.uuid4().hex[:8]}"
+    run.source = source_state()
     client = None
     try:
         try:
@@ -877,7 +907,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         base = run.nmc.base_port
         ports = list(range(base, base + args.replicas))
-        run.actions = make_schedule(run.seed, args.duration, args.kill_every, ports)
+        run.actions = [] if args.no_chaos else make_schedule(run.seed, args.duration, args.kill_every, ports)
         log(f"seed {run.seed}: {sum(a.what == 'kill' for a in run.actions)} kills, "
             + ", ".join(f"{a.what} at {a.at:g}s" for a in run.actions if a.what != "kill"))
         run.load = Load(f"http://127.0.0.1:{run.nmc.port}", args.clients, run.seed, args.timeout)
@@ -931,7 +961,7 @@ def _start_nmc(run: Run) -> float:
 
 def _load_and_chaos(run: Run) -> None:
     load, chaos, args = run.load, run.chaos, run.args
-    cpu_client, cpu_nmc = own_cpu(), process_cpu(run.nmc.proc.pid)
+    cpu_client, cpu_nmc, cpu_machine = own_cpu(), process_cpu(run.nmc.proc.pid), machine_cpu()
     load.start(args.duration)
     log(f"load: {args.clients} clients for {args.duration:g}s against {load.url}")
     for action in run.actions:
@@ -949,6 +979,9 @@ def _load_and_chaos(run: Run) -> None:
     run.cpu["client"] = (own_cpu() - cpu_client) / wall
     if cpu_nmc is not None and nmc_now is not None:
         run.cpu["nmc"] = (nmc_now - cpu_nmc) / wall
+    machine_now = machine_cpu()
+    if cpu_machine is not None and machine_now is not None and machine_now[1] > cpu_machine[1]:
+        run.cpu["machine"] = (machine_now[0] - cpu_machine[0]) / (machine_now[1] - cpu_machine[1])
     run.phases["load"] = wall
 
 

@@ -58,10 +58,18 @@ def test_a_get_without_a_body_gets_no_body():
     assert _request_body(environ()) is None
 
 
-def test_a_body_with_content_length_is_read_from_the_input():
-    body = _request_body(environ(REQUEST_METHOD="POST", CONTENT_LENGTH="5",
+def test_a_small_body_is_read_whole_so_it_can_be_sent_again():
+    body = _request_body(environ(REQUEST_METHOD="PUT", CONTENT_LENGTH="5",
                                  **{"wsgi.input": io.BytesIO(b"hello")}))
-    assert body.read(3) == b"hel" and body.read(-1) == b"lo"
+    assert body.data == b"hello" and body.replayable
+
+
+def test_a_large_body_is_streamed_from_the_input():
+    big = b"x" * (64 * 1024 + 1)
+    body = _request_body(environ(REQUEST_METHOD="POST", CONTENT_LENGTH=str(len(big)),
+                                 **{"wsgi.input": io.BytesIO(big)}))
+    assert not body.replayable
+    assert body.read(3) == b"xxx" and len(body.read(-1)) == len(big) - 3
 
 
 def test_a_chunked_body_is_relayed_as_chunks():
