@@ -15,7 +15,8 @@ import gevent.event
 import gevent.pool
 
 from nmc.config import REPLICA_HOST, Config
-from nmc.containers import LABEL_SETTINGS, Engine, EngineError, PortBusy, ReplicaSpec
+from nmc.containers import (LABEL_SETTINGS, Engine, EngineError, EngineUnreachable, PortBusy,
+                            ReplicaSpec)
 from nmc.errors import NmcError, capture
 from nmc.health import HealthChecker, Thresholds
 from nmc.pool import Pool, Replica, State
@@ -26,6 +27,7 @@ READY_POLL = 0.1        # seconds between health probes while a replica starts
 BACKOFF_FIRST = 1.0     # seconds before the second try at replacing a replica ...
 BACKOFF_MAX = 60.0      # ... doubling up to this
 QUICK_CRASH = 10.0      # seconds: a replica that fails sooner after joining is in a crash loop
+ENGINE_RETRY_MAX = 5.0  # seconds between tries to reach a lost engine (its restarts are short)
 LOG_LINES = 5           # container log lines quoted when a replica fails to start
 TASKS_STOP_WAIT = 40.0  # seconds stop() waits for tasks to notice it (an engine call takes <= 30)
 
@@ -50,6 +52,7 @@ class Supervisor:
         self._monitor: gevent.Greenlet | None = None
         self._events: gevent.Greenlet | None = None
         self._event_stream = None
+        self._engine_lost = False  # said once, by whichever task notices first
         # Set by stop(). A task creating a container is never killed mid-call (the engine would
         # finish creating it unseen): it is in _creating, and looks at the event when done.
         self._stop_event = gevent.event.Event()
@@ -161,23 +164,20 @@ class Supervisor:
         """React to a replica's container dying, pausing or vanishing at once, not at the next check.
         When the engine goes away, say so once, keep relaying (the checks go on), reconnect with a
         growing delay, and look at every replica again when it is back."""
-        delay, lost = BACKOFF_FIRST, False
+        delay = BACKOFF_FIRST
         while not self._stopping:
             try:
                 stream = self.engine.events(self.config.name)
             except EngineError as e:
-                if not lost:
-                    log.warning("lost the Docker engine (%s); relaying to the replicas that still "
-                                "answer; reconnecting", e)
-                    lost = True
+                self._lost_engine(e)
                 self._stop_event.wait(delay)
-                delay = min(delay * 2, BACKOFF_MAX)
+                delay = min(delay * 2, ENGINE_RETRY_MAX)
                 continue
-            if lost:
+            if self._engine_lost:
+                self._engine_lost = False
                 log.info("the Docker engine is back: checking every replica")
-                lost = False
                 for replica in self.pool:
-                    if replica.state is State.READY and replica not in self._replacing:
+                    if replica.state in (State.READY, State.DOWN) and replica not in self._replacing:
                         self._tasks.spawn(self._check, replica)
             delay = BACKOFF_FIRST
             self._event_stream = stream
@@ -186,10 +186,14 @@ class Supervisor:
                     self._on_event(event)
             except EngineError as e:
                 if not self._stopping:
-                    log.warning("lost the Docker engine's events (%s); reconnecting", e)
-                    lost = True
+                    self._lost_engine(e)
             finally:
                 stream.close()
+
+    def _lost_engine(self, error: Exception) -> None:
+        if not self._engine_lost:
+            self._engine_lost = True
+            log.warning("%s; relaying to the replicas that still answer; reconnecting", error)
 
     def _on_event(self, event) -> None:
         reasons = {
@@ -284,7 +288,10 @@ class Supervisor:
                     return
                 except NmcError as e:
                     replica.change_state(State.DOWN, "replacement failed")
-                    if str(e) != last_error:
+                    if isinstance(e, EngineUnreachable):
+                        self._lost_engine(e)  # one line for the whole cluster, not one a replica
+                        delay = min(delay, ENGINE_RETRY_MAX)
+                    elif str(e) != last_error:
                         log.error("could not replace replica %s: %s; trying again in %gs, then "
                                   "less and less often (up to every %gs)", replica.name, e, delay,
                                   BACKOFF_MAX)

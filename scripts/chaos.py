@@ -65,6 +65,7 @@ START_LIMIT = 60.0           # seconds nmc has to say "serving on"
 STOP_LIMIT = 20.0            # seconds nmc has to exit after SIGTERM (then SIGKILL)
 MAX_RATE = 20000             # requests per second per client, an upper bound on every load loop
 ENGINE_TIMEOUT = 10          # seconds for one Docker API call
+ENGINE_WAIT = 15.0           # seconds the final clean-up waits for an engine that is away
 
 
 class Interrupted(Exception):
@@ -298,6 +299,8 @@ class ClientStats:
     examples: dict = field(default_factory=dict)            # (method, kind) -> [Failure]
     latency: dict = field(default_factory=lambda: {m: [] for m in METHODS})
     per_second: Counter = field(default_factory=Counter)    # (second, "ok" | "failed") -> count
+    ok_ends: list = field(default_factory=list)             # when each good answer was read
+    failures: list = field(default_factory=list)            # (end, method, kind) of every failure
     left_running: bool = False
 
 
@@ -361,8 +364,9 @@ class Load:
                                        timeout=(self.timeout, self.timeout), allow_redirects=False)
             if not 200 <= response.status_code < 300:
                 kind = f"HTTP {response.status_code}"
-                detail = (f"{response.text.strip()[:160]!r} "
-                          f"(X-Served-By: {response.headers.get('X-Served-By', '-')})")
+                detail = repr(response.text.strip()[:160])
+                if response.headers.get("X-Served-By"):  # a replica's own answer, not nmc's
+                    detail += f" (X-Served-By: {response.headers['X-Served-By']})"
             else:
                 problem = self._check(method, which, response)
                 if problem:
@@ -375,8 +379,10 @@ class Load:
         if kind is None:
             stats.ok[method] += 1
             stats.per_second[second, "ok"] += 1
+            stats.ok_ends.append(ended - self.began)
             return
         stats.per_second[second, "failed"] += 1
+        stats.failures.append((ended - self.began, method, kind))
         stats.failed[method, kind] += 1
         examples = stats.examples.setdefault((method, kind), [])
         if len(examples) < EXAMPLES:
@@ -635,23 +641,62 @@ class Run:
     error: str = ""
 
 
-def merged(load: Load):
-    sent, ok, failed = Counter(), Counter(), Counter()
-    examples: dict = {}
-    latency = {m: [] for m in METHODS}
-    per_second = Counter()
+@dataclass
+class Totals:
+    sent: Counter
+    ok: Counter
+    failed: Counter
+    examples: dict
+    latency: dict
+    per_second: Counter
+    ok_ends: list
+    failures: list
+
+
+def merged(load: Load) -> Totals:
+    totals = Totals(Counter(), Counter(), Counter(), {}, {m: [] for m in METHODS}, Counter(), [], [])
     for stats in load.stats:
-        sent.update(stats.sent)
-        ok.update(stats.ok)
-        failed.update(stats.failed)
-        per_second.update(stats.per_second)
+        totals.sent.update(stats.sent)
+        totals.ok.update(stats.ok)
+        totals.failed.update(stats.failed)
+        totals.per_second.update(stats.per_second)
+        totals.ok_ends.extend(stats.ok_ends)
+        totals.failures.extend(stats.failures)
         for key, items in stats.examples.items():
-            examples.setdefault(key, []).extend(items)
+            totals.examples.setdefault(key, []).extend(items)
         for method in METHODS:
-            latency[method].extend(stats.latency[method])
-    for key in examples:
-        examples[key] = sorted(examples[key], key=lambda f: f.start)[:EXAMPLES]
-    return sent, ok, failed, examples, latency, per_second
+            totals.latency[method].extend(stats.latency[method])
+    for key in totals.examples:
+        totals.examples[key] = sorted(totals.examples[key], key=lambda f: f.start)[:EXAMPLES]
+    totals.ok_ends.sort()
+    totals.failures.sort()
+    return totals
+
+
+def longest_gap(ends: list[float], until: float) -> tuple[float, float]:
+    """The longest time without a good answer (start, length), from the load's start to `until`."""
+    best, previous = (0.0, 0.0), 0.0
+    for end in [*ends, until]:
+        if end - previous > best[1]:
+            best = (previous, end - previous)
+        previous = max(previous, end)
+    return best
+
+
+def failures_after(run: Run, totals: Totals) -> dict[int, Counter]:
+    """Each failure counted against the last chaos action that ran before it ended."""
+    done = sorted((a.ran_at, index) for index, a in enumerate(run.actions)
+                  if a.ran_at is not None and a.what != "unpause")
+    counts: dict[int, Counter] = {}
+    for end, method, kind in totals.failures:
+        last = None
+        for ran_at, index in done:
+            if ran_at > end:
+                break
+            last = index
+        if last is not None:
+            counts.setdefault(last, Counter())[f"{method} {kind}"] += 1
+    return counts
 
 
 def last_action_before(actions: list[Action], at: float) -> str:
@@ -669,7 +714,7 @@ def verdict(run: Run) -> tuple[int, list[str]]:
     if run.interrupted:
         reasons.append(f"interrupted ({run.interrupted})")
     if run.load is not None:
-        _, _, failed, _, _, _ = merged(run.load)
+        failed = merged(run.load).failed
         for method in ("GET", "PUT"):
             count = sum(n for (m, _), n in failed.items() if m == method)
             if count:
@@ -715,7 +760,9 @@ def report(run: Run) -> str:
 
     load = run.load
     if load is not None and load.began:
-        sent, ok, failed, examples, latency, per_second = merged(load)
+        totals = merged(load)
+        sent, ok, failed, examples, latency = (totals.sent, totals.ok, totals.failed, totals.examples,
+                                               totals.latency)
         duration = max(1e-9, min(time.monotonic(), load.end) - load.began)
         total = sum(sent.values())
         add("")
@@ -738,6 +785,8 @@ def report(run: Run) -> str:
         add("")
         add(f"{total / duration:.0f} requests/s. Latency is per request, from sending to the whole "
             "answer read, failed ones included.")
+        gap_start, gap = longest_gap(totals.ok_ends, duration)
+        add(f"Longest time without any good answer: {ms(gap)} (from t={gap_start:.2f}s).")
         if run.cpu:
             add(f"CPU during the load: this load generator {run.cpu['client']:.0%} of one core "
                 f"(Python threads share one: at most ~100%), nmc {run.cpu.get('nmc', 0):.0%} "
@@ -772,17 +821,20 @@ def report(run: Run) -> str:
     add("Time to replace: from the kill (pause, crash) until a new container with the same name is "
         f"running, and until it answers /healthz on its port (polled every {POLL * 1000:.0f} ms).")
     add("")
-    add("| # | t | action | replica | container | outcome | running after | healthy after |")
-    add("|---|---:|---|---|---|---|---:|---:|")
-    for action in run.actions:
+    add("| # | t | replica | container | outcome | call took | running after | healthy after "
+        "| failures until the next action |")
+    add("|---|---:|---|---|---|---:|---:|---:|---|")
+    after = failures_after(run, merged(run.load)) if run.load is not None else {}
+    for index, action in enumerate(run.actions):
         if action.ran_at is None:
             continue
         measure = action.measure
         running = ms(measure.running_after) if measure else ""
         healthy = (ms(measure.healthy_after) if measure and measure.healthy_after is not None
                    else (measure.error if measure else ""))
-        add(f"| {action.what} #{action.number} | {action.ran_at:.1f} s | {action.what} | {action.name or '-'} "
-            f"| {action.container or '-'} | {action.outcome} | {running} | {healthy} |")
+        add(f"| {action.what} #{action.number} | {action.ran_at:.1f} s | {action.name or '-'} "
+            f"| {action.container or '-'} | {action.outcome} | {ms(action.call_took)} | {running} | {healthy} "
+            f"| {', '.join(f'{k} x{n}' for k, n in sorted(after.get(index, {}).items())) or '-'} |")
     kills = [a.measure.healthy_after for a in run.actions
              if a.what == "kill" and a.measure and a.measure.healthy_after is not None]
     add("")
@@ -806,7 +858,7 @@ def report(run: Run) -> str:
                 add(f"- **{what}** at t={action.ran_at:.1f}s of {action.name or '-'}: {action.outcome}{extra}")
 
     if load is not None and load.began:
-        _, _, _, _, _, per_second = merged(load)
+        per_second = merged(load).per_second
         seconds = sorted({s for s, _ in per_second})
         if seconds:
             add("")
@@ -991,24 +1043,36 @@ def _clean_up(run: Run, client) -> None:
     began = time.monotonic()
     if run.load is not None:
         run.load.join(began + run.args.timeout + 1)  # a request in flight ends within its timeout
+        run.phases["join clients"] = time.monotonic() - began
         if run.chaos is not None:
-            run.chaos.join(time.monotonic() + 3)
-        run.phases["drain clients"] = time.monotonic() - began
+            measures = time.monotonic()
+            run.chaos.join(measures + 3)
+            run.phases["join measurements"] = time.monotonic() - measures
     if run.nmc is not None:
         stopping = time.monotonic()
         run.nmc.stop()
         run.phases["stop nmc"] = time.monotonic() - stopping
-    try:
-        client = client or engine()
-        run.leaked = remove_cluster(client, run.cluster)
-        time.sleep(0.5)  # a create cut short by a killed nmc can still land a moment later
-        run.leaked += remove_cluster(client, run.cluster)
-        run.leak_checked = True
-    except (docker.errors.DockerException, requests.exceptions.RequestException) as e:
-        log(f"could not check the cluster's containers: {e}")
-    finally:
-        if client is not None:
-            client.close()
+    # The engine may be away for a moment (restarted by someone else): try again, for a while.
+    deadline = time.monotonic() + ENGINE_WAIT
+    for attempt in range(int(ENGINE_WAIT) + 1):
+        try:
+            client = client or engine()
+            leaked = remove_cluster(client, run.cluster)
+            time.sleep(0.5)  # a create cut short by a killed nmc can still land a moment later
+            run.leaked = leaked + remove_cluster(client, run.cluster)
+            run.leak_checked = True
+            break
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as e:
+            if time.monotonic() >= deadline:
+                log(f"could not check the cluster's containers: {e}; remove them with: docker rm -f "
+                    f"$(docker ps -aq --filter label={LABEL_CLUSTER}={run.cluster})")
+                break
+            if attempt == 0:
+                log(f"the Docker engine does not answer ({type(e).__name__}); trying again for "
+                    f"{ENGINE_WAIT:g}s to remove the cluster")
+            time.sleep(1)
+    if client is not None:
+        client.close()
     if run.leaked:
         log(f"leaked containers: {len(run.leaked)} ({', '.join(run.leaked)}); removed")
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+import os
 import signal
+import subprocess
 import time
 import uuid
 
@@ -123,3 +125,53 @@ def test_check_thresholds_take_a_hung_replica_out_bring_it_back_or_replace_it(
     assert docker_client.containers.get(name).id != victim.id
     url = f"http://127.0.0.1:{base + 2}"
     assert requests.get(url + "/healthz", timeout=5).status_code == 200
+
+
+def _own_dockerd() -> list[str] | None:
+    """The command line of a dockerd this test may restart: only where the run owns its engine
+    (CI, or NMC_TEST_ENGINE_RESTART=1), never a developer's own Docker."""
+    if os.environ.get("CI") != "true" and os.environ.get("NMC_TEST_ENGINE_RESTART") != "1":
+        return None
+    found = subprocess.run(["pgrep", "-x", "dockerd"], capture_output=True, text=True).stdout.split()
+    if len(found) != 1:
+        return None
+    with open(f"/proc/{found[0]}/cmdline", "rb") as cmdline:
+        return [int(found[0])] + [part.decode() for part in cmdline.read().split(b"\0") if part]
+
+
+def test_the_engine_restarting_is_survived_without_duplicates(cluster_name, run_nmc, docker_client):
+    dockerd = _own_dockerd()
+    if dockerd is None:
+        pytest.skip("restarts the Docker engine: only where the run owns it (CI=true or "
+                    "NMC_TEST_ENGINE_RESTART=1, and one dockerd process)")
+    pid, command = dockerd[0], dockerd[1:]
+    base = free_port_block(3)
+    process = run_nmc("--name", cluster_name, "--bind", "127.0.0.1", "--port", str(base + 2),
+                      "--base-port", str(base), "-n", "2", "--check-interval", "1")
+    process.wait_serving()
+    url = f"http://127.0.0.1:{base + 2}"
+    os.kill(pid, signal.SIGTERM)  # stops its containers too (no live-restore)
+    wait_until(lambda: not os.path.exists(f"/proc/{pid}"), 60, what="dockerd stopped")
+    try:
+        process.wait_for_line(r"lost the Docker engine .*; relaying to the replicas that still "
+                              r"answer; reconnecting", timeout=20)
+        # no replica: a fast 503, never a hang or a traceback
+        answer = requests.get(url + "/healthz", timeout=5)
+        assert answer.status_code == 503 and answer.headers["Retry-After"] == "1"
+    finally:
+        with open("/var/log/nmc-dockerd.log", "ab") as log:
+            subprocess.Popen(command, stdout=log, stderr=log, stdin=subprocess.DEVNULL,
+                             start_new_session=True)
+        wait_until(lambda: subprocess.run(["docker", "info"], capture_output=True).returncode == 0,
+                   90, interval=0.5, what="dockerd answering again")
+    process.wait_for_line(r"the Docker engine is back", timeout=60)
+    wait_until(lambda: requests.get(url + "/healthz", timeout=5).status_code == 200, 60,
+               what="the cluster serving again")
+    wait_until(lambda: {requests.get(url + "/whoami", timeout=5).json()["hostname"]
+                        for _ in range(4)} == {f"{cluster_name}-{base}", f"{cluster_name}-{base + 1}"},
+               30, what="both replicas serving")
+    containers = docker_client.containers.list(all=True, filters={"label": f"nmc.cluster={cluster_name}"})
+    assert sorted(c.name for c in containers) == [f"{cluster_name}-{base}", f"{cluster_name}-{base + 1}"]
+    assert all(c.status == "running" for c in containers)
+    assert process.log.count("reconnecting") == 1, process.log  # the loss is said once
+    assert "Traceback" not in process.log
