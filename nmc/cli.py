@@ -49,6 +49,8 @@ Options:
                              [default: 30].
   --backend-timeout SECONDS  Seconds a replica has to start answering a request (then 504)
                              [default: 30].
+  --queue-timeout SECONDS    Seconds a request waits for a ready replica when none is
+                             (then 503) [default: 2].
   --graceful-timeout SECONDS  Seconds in-flight requests get to finish on stop [default: 10].
   --header-timeout SECONDS   Seconds a client has to send a request's line and headers
                              [default: 10].

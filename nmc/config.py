@@ -37,6 +37,7 @@ class Config:
     replace_after: float = 15.0
     start_timeout: float = 30.0
     backend_timeout: float = 30.0
+    queue_timeout: float = 2.0
     graceful_timeout: float = 10.0
     header_timeout: float = 10.0
     idle_timeout: float = 60.0
@@ -79,6 +80,8 @@ class Config:
         for option in ("unhealthy_after", "healthy_after"):
             if getattr(self, option) < 1:
                 raise UsageError(f"--{option.replace('_', '-')} must be at least 1 check")
+        if self.queue_timeout < 0:
+            raise UsageError("--queue-timeout must not be negative")
         if self.replace_after < 0:
             raise UsageError("--replace-after must not be negative")
         if self.max_connections < 1:

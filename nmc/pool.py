@@ -37,6 +37,7 @@ class Replica:
     ready_at: float | None = None   # when it last joined the rotation
     restarts: int = 0
     quick_failures: int = 0         # failures in a row, each soon after joining (a crash loop)
+    stopped_from_outside: bool = False  # its container was killed or paused by someone: no crash
     check_fails: int = 0            # health checks failed in a row
     check_passes: int = 0           # health checks passed in a row
 
@@ -61,6 +62,7 @@ class Replica:
             self.ready_at = self.since
         if new is State.STARTING:
             self.check_fails = self.check_passes = 0
+            self.stopped_from_outside = False
         level = logging.WARNING if new is State.DOWN else logging.INFO
         log.log(level, "replica %s (port %d, container %s): %s -> %s%s", self.name, self.port,
                 self.short_id, old.value, new.value, f" ({reason})" if reason else "")

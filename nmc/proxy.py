@@ -12,10 +12,12 @@ from __future__ import annotations
 import errno
 import logging
 import re
+import time
 import uuid
 from typing import Callable, Iterable, Iterator
 from urllib.parse import quote, urlsplit
 
+import gevent
 import requests
 import requests.adapters
 import urllib3
@@ -36,6 +38,7 @@ CHUNK = 256 * 1024        # stream bodies in chunks this big (8 KiB chunks cost 
 SMALL_BODY = 64 * 1024    # answers up to this size are read whole and sent with the headers
 CONNECT_TIMEOUT = 2.0     # a replica on loopback accepts at once or not at all
 RETRY_AFTER = "1"         # seconds, in 503 answers
+QUEUE_POLL = 0.05         # seconds between looks for a ready replica while a request waits
 # Requests that may be sent again to another replica when the first broke mid-way (RFC 9110 9.2.2).
 IDEMPOTENT = frozenset(("GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"))
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._:+/=-]{1,128}$")
@@ -78,11 +81,13 @@ class Proxy:
     """WSGI application relaying every request to the pool's replicas in round-robin order."""
 
     def __init__(self, pool: Pool, report_failure: FailureReporter | None = None, *,
-                 backend_timeout: float = 30.0, log_requests: bool = True, served_by: bool = True,
+                 backend_timeout: float = 30.0, queue_timeout: float = 2.0,
+                 log_requests: bool = True, served_by: bool = True,
                  session: requests.Session | None = None):
         self.pool = pool
         self.report_failure = report_failure or (lambda replica, reason: None)
         self.timeout = (CONNECT_TIMEOUT, backend_timeout)
+        self.queue_timeout = queue_timeout
         self.log_requests = log_requests
         self.served_by = served_by
         self.session = session or make_session()
@@ -101,13 +106,24 @@ class Proxy:
         except ClientBodyError as e:
             environ["nmc.close_connection"] = True  # the rest of the body cannot be trusted
             return error_answer(start_response, 400, str(e), request_id)
-        tried: list[Replica] = []
+        tried: dict[Replica, str | None] = {}  # replica -> the container it had when tried
+        queued_until = None
         while True:
-            replica = self.pool.next_ready(skip=tuple(tried))
+            # a replica tried already is skipped while it is the same container, not once replaced
+            skip = tuple(r for r, container in tried.items() if r.container_id == container)
+            replica = self.pool.next_ready(skip=skip)
             if replica is None:
+                # None ready (all being replaced at once?): wait a little, like HAProxy's
+                # `timeout queue`. Nothing has been sent, so this is safe for any request.
+                now = time.monotonic()
+                queued_until = queued_until or now + self.queue_timeout
+                if now < queued_until:
+                    gevent.sleep(QUEUE_POLL)
+                    continue
                 what = "no replica is ready" if not tried else "no replica could be reached"
-                return error_answer(start_response, 503, what, request_id, [("Retry-After", RETRY_AFTER)])
-            tried.append(replica)
+                return error_answer(start_response, 503, what, request_id,
+                                    [("Retry-After", RETRY_AFTER)])
+            tried[replica] = replica.container_id
             if self.log_requests:
                 log.info("Forwarding request to port: %d", replica.port)
             extra = [("X-Served-By", replica.name)] if self.served_by else []

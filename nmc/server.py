@@ -291,6 +291,7 @@ class NmcServer:
                 self._start_cluster()
             proxy = Proxy(self.supervisor.pool, self.supervisor.report_failure,
                           backend_timeout=self.config.backend_timeout,
+                          queue_timeout=self.config.queue_timeout,
                           log_requests=not self.config.quiet, served_by=self.config.served_by)
             self.http = ProxyServer(listener, proxy, max_connections=self.config.max_connections,
                                     header_timeout=self.config.header_timeout,

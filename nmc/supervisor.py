@@ -202,13 +202,18 @@ class Supervisor:
             "pause": "container was paused",
             "destroy": "container was removed",
         }
-        if event.action not in reasons:
+        if event.action not in reasons and event.action != "kill":
             return
         for replica in self.pool:
-            if replica.container_id == event.container_id:
-                if replica.state is State.READY:  # starting replicas are watched by _wait_ready
-                    self.replace(replica, reasons[event.action])
-                return
+            if replica.container_id != event.container_id:
+                continue
+            if event.action in ("kill", "pause"):  # someone stopped it: not a crash of its own
+                replica.stopped_from_outside = True
+            # A DOWN replica too: the proxy often sees the connections break before the engine
+            # reports the death. STARTING ones are watched by _wait_ready.
+            if event.action in reasons and replica.state in (State.READY, State.DOWN):
+                self.replace(replica, reasons[event.action])
+            return
 
     def _monitor_loop(self) -> None:
         while not self._stop_event.wait(self.config.check_interval):
@@ -306,7 +311,10 @@ class Supervisor:
         start (a crash loop) gets a doubling delay before its next start (from the second such
         failure in a row: 1 s, 2 s, 4 s ... 60 s) instead of being restarted in a tight loop."""
         uptime = replica.uptime()
-        replica.quick_failures = replica.quick_failures + 1 if uptime < QUICK_CRASH else 0
+        if replica.stopped_from_outside or uptime >= QUICK_CRASH:
+            replica.quick_failures = 0  # a docker kill or pause is no crash loop
+        else:
+            replica.quick_failures += 1
         info = None
         if replica.container_id:
             try:

@@ -18,6 +18,8 @@ Only the cluster's own containers are touched (found by the label nmc.cluster=<i
 Docker engine is never restarted. Everything is bounded in time: the run takes about
 --duration + 15 s, and Ctrl-C (or SIGTERM) at any point still removes the cluster.
 
+--no-chaos runs the load alone (a baseline for latency and throughput).
+
 Exit code: 0 when GET and PUT (idempotent) had no failure, no answer was wrong and nothing
 leaked; 1 otherwise; 2 bad options; 130 interrupted. POST failures are reported and explained
 but do not fail the run: a POST cut off mid-way cannot be retried safely by a relay.
@@ -28,7 +30,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import hashlib
-import json
+import heapq
 import os
 import random
 import resource
@@ -58,6 +60,7 @@ METHODS = ("GET", "POST", "PUT")
 MIX = (("GET", 2), ("POST", 1), ("PUT", 1))   # GET /whoami half of the time, POST and PUT a quarter
 BODY_SIZE = 4096
 EXAMPLES = 3                 # examples kept per (method, kind) of failure
+SLOWEST = 5                  # slowest requests shown
 POLL = 0.020                 # seconds between polls while measuring a replacement
 REPLACE_LIMIT = 20.0         # seconds a replacement is waited for, at most
 PAUSE_FOR = 3.0              # seconds before the paused replica is unpaused (if it still exists)
@@ -301,6 +304,7 @@ class ClientStats:
     per_second: Counter = field(default_factory=Counter)    # (second, "ok" | "failed") -> count
     ok_ends: list = field(default_factory=list)             # when each good answer was read
     failures: list = field(default_factory=list)            # (end, method, kind) of every failure
+    slowest: list = field(default_factory=list)             # heap of (latency, start, method, outcome)
     left_running: bool = False
 
 
@@ -359,9 +363,11 @@ class Load:
         stats.sent[method] += 1
         started = time.monotonic()
         kind = detail = None
+        served_by = "-"
         try:
             response = session.request(method, url, data=body, headers=headers,
                                        timeout=(self.timeout, self.timeout), allow_redirects=False)
+            served_by = response.headers.get("X-Served-By", "nmc itself")
             if not 200 <= response.status_code < 300:
                 kind = f"HTTP {response.status_code}"
                 detail = repr(response.text.strip()[:160])
@@ -375,6 +381,11 @@ class Load:
             kind, detail = failure_kind(e), str(e)[:240]
         ended = time.monotonic()
         stats.latency[method].append(ended - started)
+        entry = (ended - started, started - self.began, method, kind or "ok", served_by)
+        if len(stats.slowest) < SLOWEST:
+            heapq.heappush(stats.slowest, entry)
+        elif entry > stats.slowest[0]:
+            heapq.heapreplace(stats.slowest, entry)
         second = int(started - self.began)
         if kind is None:
             stats.ok[method] += 1
@@ -448,7 +459,9 @@ class Replacement(threading.Thread):
                 if self._poll(client, session):
                     return
                 time.sleep(POLL)
-            self.error = f"not replaced within {min(REPLACE_LIMIT, time.monotonic() - self.since):.1f}s"
+            waited = time.monotonic() - self.since
+            self.error = (f"not replaced when the run ended ({waited:.1f}s after)" if self.halt.is_set()
+                          else f"not replaced within {min(REPLACE_LIMIT, waited):.1f}s")
         except Exception as e:  # a measurement must never take the run down
             self.error = f"measurement failed: {type(e).__name__}: {e}"
         finally:
@@ -583,7 +596,7 @@ class Chaos:
         try:
             state = self.client.api.inspect_container(paused.container)
         except docker.errors.NotFound:
-            action.outcome = f"not needed: nmc had already removed the paused container"
+            action.outcome = "not needed: nmc had already removed the paused container"
             return
         status = (state.get("State") or {}).get("Status")
         if status == "paused":
@@ -651,10 +664,11 @@ class Totals:
     per_second: Counter
     ok_ends: list
     failures: list
+    slowest: list
 
 
 def merged(load: Load) -> Totals:
-    totals = Totals(Counter(), Counter(), Counter(), {}, {m: [] for m in METHODS}, Counter(), [], [])
+    totals = Totals(Counter(), Counter(), Counter(), {}, {m: [] for m in METHODS}, Counter(), [], [], [])
     for stats in load.stats:
         totals.sent.update(stats.sent)
         totals.ok.update(stats.ok)
@@ -662,12 +676,14 @@ def merged(load: Load) -> Totals:
         totals.per_second.update(stats.per_second)
         totals.ok_ends.extend(stats.ok_ends)
         totals.failures.extend(stats.failures)
+        totals.slowest.extend(stats.slowest)
         for key, items in stats.examples.items():
             totals.examples.setdefault(key, []).extend(items)
         for method in METHODS:
             totals.latency[method].extend(stats.latency[method])
     for key in totals.examples:
         totals.examples[key] = sorted(totals.examples[key], key=lambda f: f.start)[:EXAMPLES]
+    totals.slowest = sorted(totals.slowest, reverse=True)[:SLOWEST]
     totals.ok_ends.sort()
     totals.failures.sort()
     return totals
@@ -787,6 +803,11 @@ def report(run: Run) -> str:
             "answer read, failed ones included.")
         gap_start, gap = longest_gap(totals.ok_ends, duration)
         add(f"Longest time without any good answer: {ms(gap)} (from t={gap_start:.2f}s).")
+        if totals.slowest:
+            add("Slowest: " + "; ".join(
+                f"{method} {ms(latency)} at t={start:.2f}s ({outcome}, answered by {served_by}, "
+                f"{last_action_before(run.actions, start)})"
+                for latency, start, method, outcome, served_by in totals.slowest) + ".")
         if run.cpu:
             add(f"CPU during the load: this load generator {run.cpu['client']:.0%} of one core "
                 f"(Python threads share one: at most ~100%), nmc {run.cpu.get('nmc', 0):.0%} "
@@ -986,6 +1007,7 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:
         log(f"could not write the report: {e}")
     code, reasons = verdict(run)
+    log(f"leaked containers: {len(run.leaked) if run.leak_checked else 'unknown'}")
     log(f"{'PASS' if code == 0 else 'FAIL'} in {time.monotonic() - run.began:.1f}s"
         + (f": {'; '.join(reasons)}" if reasons else ""))
     return code
