@@ -883,17 +883,22 @@ def test_concurrent_clients_reuse_backend_connections(cluster):
 # 16. failures are HTTP answers
 
 
-def test_with_every_replica_gone_the_answer_is_503_with_retry_after_and_the_request_id(
-        cluster_name, run_nmc, docker_client):
-    # --queue-timeout 0: no wait for a replacement (about half a second away), a 503 at once
-    process, proxy_port, ports = start_nmc(run_nmc, cluster_name, "--queue-timeout", "0")
-    url = f"http://127.0.0.1:{proxy_port}"
+def kill_every_replica(docker_client, cluster_name, ports) -> None:
+    """docker kill them all at once (in parallel), so no replica is left to answer."""
     victims = [docker_client.containers.get(f"{cluster_name}-{port}") for port in ports]
     killers = [threading.Thread(target=victim.kill) for victim in victims]
     for killer in killers:
         killer.start()
     for killer in killers:
         killer.join(30)
+
+
+def test_with_every_replica_gone_the_answer_is_503_with_retry_after_and_the_request_id(
+        cluster_name, run_nmc, docker_client):
+    # --queue-timeout 0: no wait for a replacement (about half a second away), a 503 at once
+    process, proxy_port, ports = start_nmc(run_nmc, cluster_name, "--queue-timeout", "0")
+    url = f"http://127.0.0.1:{proxy_port}"
+    kill_every_replica(docker_client, cluster_name, ports)
 
     answer = exchange(port_of(url), "GET", "/whoami", [("Host", "h"), ("X-Request-ID", "gone-42")])
     assert answer.status == 503, answer
@@ -960,12 +965,7 @@ def test_a_replica_dying_mid_answer_cuts_the_client_connection_not_a_hang(cluste
 def test_a_request_waits_for_a_replacement_when_every_replica_is_gone(cluster, cluster_name,
                                                                      docker_client):
     process, url, ports = cluster
-    victims = [docker_client.containers.get(f"{cluster_name}-{port}") for port in ports]
-    killers = [threading.Thread(target=victim.kill) for victim in victims]
-    for killer in killers:
-        killer.start()
-    for killer in killers:
-        killer.join(30)
+    kill_every_replica(docker_client, cluster_name, ports)
     # none ready: the request is held (--queue-timeout, 2 s) until a replacement is
     for method in ("GET", "POST"):
         answer = exchange(port_of(url), method, "/echo", body=b"queued" if method == "POST" else b"")
