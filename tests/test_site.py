@@ -23,6 +23,8 @@ import docker
 import pytest
 import requests
 
+from wsproto import FrameReader, frame
+
 IMAGE = os.environ.get("NMC_SITE_IMAGE", "nodejs.org")
 REPLICA = "site-test"
 MiB = 1024 * 1024
@@ -187,15 +189,7 @@ def sha256(b):
 # a minimal WebSocket client (RFC 6455), written for these tests
 
 
-def mask_bytes(payload: bytes, key: bytes) -> bytes:
-    n = len(payload)
-    if n == 0:
-        return b""
-    m = (key * (n // 4 + 1))[:n]
-    return (int.from_bytes(payload, "big") ^ int.from_bytes(m, "big")).to_bytes(n, "big")
-
-
-class WsClient:
+class WsClient(FrameReader):
     def __init__(self, port, path="/ws"):
         self.sock = connect(port, timeout=30)
         key = base64.b64encode(os.urandom(16)).decode()
@@ -210,39 +204,7 @@ class WsClient:
         assert self.headers["upgrade"].lower() == "websocket"
 
     def send_frame(self, opcode, payload=b"", fin=True, masked=True):
-        n = len(payload)
-        b0 = (0x80 if fin else 0) | opcode
-        mbit = 0x80 if masked else 0
-        if n < 126:
-            header = struct.pack("!BB", b0, mbit | n)
-        elif n < 65536:
-            header = struct.pack("!BBH", b0, mbit | 126, n)
-        else:
-            header = struct.pack("!BBQ", b0, mbit | 127, n)
-        if masked:
-            key = os.urandom(4)
-            self.sock.sendall(header + key + mask_bytes(payload, key))
-        else:
-            self.sock.sendall(header + payload)
-
-    def _exact(self, n):
-        while len(self.buf) < n:
-            chunk = self.sock.recv(max(65536, n - len(self.buf)))
-            if not chunk:
-                raise ConnectionError("EOF inside a frame")
-            self.buf += chunk
-        out, self.buf = self.buf[:n], self.buf[n:]
-        return out
-
-    def recv_frame(self):
-        b0, b1 = self._exact(2)
-        assert not b1 & 0x80, "server frames must not be masked"
-        n = b1 & 0x7F
-        if n == 126:
-            (n,) = struct.unpack("!H", self._exact(2))
-        elif n == 127:
-            (n,) = struct.unpack("!Q", self._exact(8))
-        return bool(b0 & 0x80), b0 & 0x0F, self._exact(n)
+        self.sock.sendall(frame(opcode, payload, fin, masked))
 
     def at_eof(self):
         """True when the server closes the connection (nothing more arrives)."""

@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from conftest import free_port_block, get, wait_until
+from wsproto import FrameReader, frame
 
 WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 MiB = 1024 * 1024
@@ -28,28 +29,6 @@ FORWARDED = re.compile(r"Forwarding request to port: (\d+)$")
 
 # ------------------------------------------------------------------------------------------------
 # a minimal WebSocket client
-
-
-def mask_bytes(payload: bytes, key: bytes) -> bytes:
-    n = len(payload)
-    if n == 0:
-        return b""
-    m = (key * (n // 4 + 1))[:n]
-    return (int.from_bytes(payload, "big") ^ int.from_bytes(m, "big")).to_bytes(n, "big")
-
-
-def frame(opcode: int, payload: bytes = b"", fin: bool = True) -> bytes:
-    """A client frame: always masked."""
-    n = len(payload)
-    b0 = (0x80 if fin else 0) | opcode
-    if n < 126:
-        header = struct.pack("!BB", b0, 0x80 | n)
-    elif n < 65536:
-        header = struct.pack("!BBH", b0, 0x80 | 126, n)
-    else:
-        header = struct.pack("!BBQ", b0, 0x80 | 127, n)
-    key = os.urandom(4)
-    return header + key + mask_bytes(payload, key)
 
 
 def handshake_request(port: int, path: str = "/ws", key: str | None = None,
@@ -81,7 +60,7 @@ def read_head(sock: socket.socket, buf: bytes = b""):
     return int(lines[0].split(" ")[1]), headers, head, rest
 
 
-class WsClient:
+class WsClient(FrameReader):
     """One WebSocket connection through nmc; `extra` is sent in the same send() as the request."""
 
     def __init__(self, port: int, extra: bytes = b"", timeout: float = 30):
@@ -99,25 +78,7 @@ class WsClient:
     def send(self, opcode: int, payload: bytes = b"", fin: bool = True) -> None:
         self.sock.sendall(frame(opcode, payload, fin))
 
-    def _exact(self, n: int) -> bytes:
-        while len(self.buf) < n:
-            chunk = self.sock.recv(max(65536, n - len(self.buf)))
-            if not chunk:
-                raise ConnectionError("EOF inside a frame")
-            self.buf += chunk
-        out, self.buf = self.buf[:n], self.buf[n:]
-        return out
-
-    def recv(self):
-        """(fin, opcode, payload) of the next frame."""
-        b0, b1 = self._exact(2)
-        assert not b1 & 0x80, "server frames must not be masked"
-        n = b1 & 0x7F
-        if n == 126:
-            (n,) = struct.unpack("!H", self._exact(2))
-        elif n == 127:
-            (n,) = struct.unpack("!Q", self._exact(8))
-        return bool(b0 & 0x80), b0 & 0x0F, self._exact(n)
+    recv = FrameReader.recv_frame
 
     def ends_within(self, seconds: float, data_allowed: bool = False) -> bool:
         """True when the connection ends (EOF or reset) within `seconds`; anything arriving
