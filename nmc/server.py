@@ -121,6 +121,11 @@ class ProxyHandler(WSGIHandler):
             self._head_timer.close()
             self._head_timer = None
 
+    def log_request(self):
+        # pywsgi formats an access-log line for every request even when nobody reads it
+        # (log=None); nmc logs its own line per request in the proxy (-q turns it off).
+        pass
+
     def _handle_client_error(self, ex):
         # pywsgi's own client errors (a malformed chunked body) become the same kind of answer
         if not isinstance(ex, request_head.Rejected):
