@@ -897,7 +897,7 @@ def report(run: Run) -> str:
         add("## nmc's log")
         add("")
         add("```")
-        for at, line in run.nmc.lines[:400]:
+        for _at, line in run.nmc.lines[:400]:
             add(line)
         if len(run.nmc.lines) > 400:
             add(f"... {len(run.nmc.lines) - 400} more lines")

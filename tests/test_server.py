@@ -9,7 +9,7 @@ import time
 import pytest
 import requests
 
-from conftest import LOG_LINE, free_port_block, get, wait_until
+from conftest import LOG_LINE, free_port_block, get
 
 
 def hostname(url: str) -> str:
