@@ -48,3 +48,11 @@ $(VENV)/.installed: setup.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
+
+## the benchmark: nmc against direct, nginx and a naive gevent+requests relay on the same 2
+## replicas, one bounded run (~10 min; QUICK=1 ~2 min), a report in bench/results/:
+## make bench [QUICK=1] [BENCH_ARGS="--reps 5 --duration 5"]
+BENCH_ARGS ?=
+.PHONY: bench
+bench: venv nodejs
+	$(PY) bench/bench.py $(if $(QUICK),--quick) $(BENCH_ARGS)

@@ -114,6 +114,7 @@ class ContainerEvent:
     container_id: str
     name: str
     exit_code: int | None
+    signal: str | None = None  # for a kill: the signal sent, as the engine names it ("15", "SIGTERM")
 
 
 def docker_host() -> str:
@@ -301,7 +302,8 @@ class EventStream:
                 yield ContainerEvent(action=event.get("Action") or event.get("status") or "",
                                      container_id=event.get("id") or "",
                                      name=attributes.get("name", ""),
-                                     exit_code=int(code) if code and code.isdigit() else None)
+                                     exit_code=int(code) if code and code.isdigit() else None,
+                                     signal=attributes.get("signal"))
         except (docker.errors.DockerException, requests.exceptions.RequestException, OSError) as e:
             raise EngineUnreachable(f"the Docker engine's event stream broke ({_root_reason(e)})") from e
         raise EngineUnreachable("the Docker engine closed its event stream")

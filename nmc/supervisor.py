@@ -28,6 +28,9 @@ BACKOFF_FIRST = 1.0     # seconds before the second try at replacing a replica .
 BACKOFF_MAX = 60.0      # ... doubling up to this
 QUICK_CRASH = 10.0      # seconds: a replica that fails sooner after joining is in a crash loop
 ENGINE_RETRY_MAX = 5.0  # seconds between tries to reach a lost engine (its restarts are short)
+# Signals that stop a container (docker stop sends TERM, then KILL); others (HUP, USR1) do not.
+STOPPING_SIGNALS = frozenset(("2", "3", "9", "15", "SIGINT", "SIGQUIT", "SIGKILL", "SIGTERM",
+                              "INT", "QUIT", "KILL", "TERM"))
 LOG_LINES = 5           # container log lines quoted when a replica fails to start
 TASKS_STOP_WAIT = 40.0  # seconds stop() waits for tasks to notice it (an engine call takes <= 30)
 
@@ -202,13 +205,18 @@ class Supervisor:
             "pause": "container was paused",
             "destroy": "container was removed",
         }
-        if event.action not in reasons and event.action != "kill":
+        stopping = event.action == "kill" and event.signal in STOPPING_SIGNALS
+        if event.action not in reasons and not stopping:
             return
         for replica in self.pool:
             if replica.container_id != event.container_id:
                 continue
-            if event.action in ("kill", "pause"):  # someone stopped it: not a crash of its own
+            if stopping or event.action == "pause":  # someone stopped it: not a crash of its own
                 replica.stopped_from_outside = True
+            if stopping and replica.state is State.READY:
+                # out of the rotation now: no new requests while it shuts down (in-flight ones
+                # finish); its `die` follows and gets it replaced
+                replica.change_state(State.DOWN, f"container is being stopped (signal {event.signal})")
             # A DOWN replica too: the proxy often sees the connections break before the engine
             # reports the death. STARTING ones are watched by _wait_ready.
             if event.action in reasons and replica.state in (State.READY, State.DOWN):

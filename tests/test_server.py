@@ -194,9 +194,9 @@ def test_the_engines_events_alone_get_a_replica_replaced(cluster_name, run_nmc, 
     process = run_nmc("--name", cluster_name, "--bind", "127.0.0.1", "--port", str(base + 3),
                       "--base-port", str(base), "-n", "3", "--check-interval", "3600")
     process.wait_serving()
-    actions = [(base, lambda c: c.kill(), "container exited with code 137"),
+    actions = [(base, lambda c: c.kill(), "container is being stopped (signal 9)"),
                (base + 1, lambda c: c.pause(), "container was paused"),
-               (base + 2, lambda c: c.remove(force=True), "container exited with code 137")]
+               (base + 2, lambda c: c.remove(force=True), "container is being stopped (signal 9)")]
     for port, act, reason in actions:
         name = f"{cluster_name}-{port}"
         victim = docker_client.containers.get(name)
@@ -208,3 +208,35 @@ def test_the_engines_events_alone_get_a_replica_replaced(cluster_name, run_nmc, 
     url = f"http://127.0.0.1:{base + 3}"
     assert {hostname(url) for _ in range(6)} == {f"{cluster_name}-{base + i}" for i in range(3)}
     assert len(cluster_containers(docker_client, cluster_name)) == 3
+
+
+def test_docker_stop_takes_a_replica_out_at_once_and_no_request_fails(cluster, docker_client,
+                                                                      cluster_name):
+    process, url, ports = cluster
+    import threading
+
+    statuses: list = []
+    done = threading.Event()
+
+    def steady_load():
+        with requests.Session() as session:
+            deadline = time.monotonic() + 20
+            while not done.is_set() and time.monotonic() < deadline:
+                try:
+                    statuses.append(session.get(url + "/whoami", timeout=5).status_code)
+                except requests.RequestException as e:
+                    statuses.append(type(e).__name__)
+
+    load = threading.Thread(target=steady_load)
+    load.start()
+    name = f"{cluster_name}-{ports[0]}"
+    start = len(process.lines)
+    try:
+        docker_client.containers.get(name).stop(timeout=5)  # SIGTERM: the site drains, then exits
+        process.wait_for_line(rf"replica {name} .*ready -> down \(container is being stopped "
+                              r"\(signal 15\)\)", start=start)
+        process.wait_for_line(rf"replica {name} .*starting -> ready", start=start)
+    finally:
+        done.set()
+        load.join(30)
+    assert statuses and set(statuses) == {200}, [s for s in statuses if s != 200][:5]
