@@ -102,7 +102,7 @@ class Proxy:
         headers = _request_headers(environ, request_id)
         upgrade = _upgrade_requested(environ)
         try:
-            body = _request_body(environ)
+            body = None if upgrade else _request_body(environ)  # a tunnel relays its own
         except ClientBodyError as e:
             environ["nmc.close_connection"] = True  # the rest of the body cannot be trusted
             return error_answer(start_response, 400, str(e), request_id)
