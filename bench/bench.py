@@ -346,6 +346,7 @@ def measure(run: Run, wrk: str, cfg: str, path: str, wrk_args: list[str], dur: f
     """One wrk run against cfg; CPU ticks of each group of PIDs around it."""
     t0 = {g: sum(ticks(p) for p in pids) for g, pids in groups.items()}
     m0 = machine_ticks()
+    r0 = resource.getrusage(resource.RUSAGE_CHILDREN)  # only wrk is reaped in here: its CPU
     w0 = time.monotonic()
     argv = [wrk, *wrk_args, f"http://127.0.0.1:{run.port[cfg]}{path}"]
     run.wrk = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -358,6 +359,7 @@ def measure(run: Run, wrk: str, cfg: str, path: str, wrk_args: list[str], dur: f
     wall = time.monotonic() - w0
     run.wrk = None
     m1 = machine_ticks()
+    r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     d = parse_wrk(out) or {"rps": float("nan"), "p50": float("nan"), "p99": float("nan"),
                            "mibs": float("nan"), "reqs": 0, "sock_err": 0, "non2xx": 0, "err": 0,
                            "failed": out[-500:]}
@@ -368,6 +370,9 @@ def measure(run: Run, wrk: str, cfg: str, path: str, wrk_args: list[str], dur: f
         d[f"us_{g}"] = 1e6 * dt / CLK_TCK / d["reqs"] if d["reqs"] else float("nan")
         d[f"pct_{g}"] = 100.0 * dt / CLK_TCK / wall
     d["us_total"] = sum(d[f"us_{g}"] for g in groups if groups[g])
+    d["pct_wrk"] = 100.0 * (r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime) / wall
+    d["pct_other"] = d["machine_busy_pct"] - d["pct_wrk"] - sum(
+        d[f"pct_{g}"] for g in groups if groups[g])
     return d
 
 
@@ -572,9 +577,13 @@ def main(argv=None) -> int:
              "x nginx = ratio to nginx-w1 in the same run (req/s: higher is better; CPU: how many "
              "times nginx's CPU per request). docker-proxy = the `docker-proxy -host-port` "
              "processes in the path (B only for direct, B and B+1 for the relays); replicas = the "
-             "two containers' node processes; total = the three (what the machine spends per request, wrk and the kernel's loopback work aside). RSS = VmRSS of the proxy's process tree after "
-             "start-up and after all load. CPU % of the machine (2 CPUs = 200 %) during each run "
-             "is in the per-run table below.")
+             "two containers' node processes; total = the three (what the machine spends per "
+             "request, wrk and the kernel's loopback work aside). RSS = VmRSS of the proxy's "
+             "process tree after start-up and after all load. CPU % of the machine (2 CPUs = "
+             "200 %) during each run is in the per-run table below, with the share no measured "
+             "process accounts for (\"unattributed\": the kernel's softirq work on loopback, "
+             "dockerd, and anything else running on the machine at the same time; a high value "
+             "flags a run disturbed by other load).")
     if notes:
         L.append("")
         L += [f"- {n}" for n in notes]
@@ -583,8 +592,9 @@ def main(argv=None) -> int:
 
     L.append("\n## Per run\n")
     L.append("| config | load | rep | req/s | p50 ms | p99 ms | MiB/s | errors | proxy CPU % | "
-             "proxy µs/req | docker-proxy CPU % / µs/req | replicas CPU % | machine busy % |")
-    L.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+             "proxy µs/req | docker-proxy CPU % / µs/req | replicas CPU % | wrk CPU % | machine busy % | "
+             "unattributed % |")
+    L.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for cfg in args.configs:
         for kind in ("c64", "c256", "big"):
             for r in rows.get((cfg, kind), []):
@@ -594,7 +604,8 @@ def main(argv=None) -> int:
                     "—" if cfg == "direct" else fmt(r.get("pct_proxy", float("nan"))),
                     "—" if cfg == "direct" else fmt(r.get("us_proxy", float("nan")), 1),
                     f"{fmt(r.get('pct_dproxy', float('nan')))} / {fmt(r.get('us_dproxy', float('nan')), 1)}",
-                    fmt(r.get("pct_node", float("nan"))), fmt(r["machine_busy_pct"]),
+                    fmt(r.get("pct_node", float("nan"))), fmt(r.get("pct_wrk", float("nan"))),
+                    fmt(r["machine_busy_pct"]), fmt(r.get("pct_other", float("nan"))),
                 ]) + " |" + (f" wrk failed: {r['failed']!r}" if "failed" in r else ""))
 
     L.append("\n## Commands\n")
