@@ -48,7 +48,7 @@ transcript=$(mktemp)
 trap 'rm -f "$transcript"' EXIT
 # The transcript is shown when the build fails, or always with VERBOSE=1. (The CLI may warn that
 # the legacy builder is deprecated when buildx is missing: harmless.)
-build() { docker build --build-arg NODE_IMAGE="$base" -t "$IMAGE" "$here"; }
+build() { docker build --force-rm --build-arg NODE_IMAGE="$base" -t "$IMAGE" "$here"; }  # --force-rm: a failed step leaves no container
 status=0
 if [ "${VERBOSE:-0}" = 1 ]; then
   build 2>&1 | tee "$transcript" >&2 || status=$?

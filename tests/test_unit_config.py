@@ -90,3 +90,16 @@ def test_the_readme_shows_the_usage_text_as_it_is():
 
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     assert USAGE in readme, "README.md's copy of `nmc_server.py -h` is out of date"
+
+
+def test_the_launcher_run_without_gevent_says_what_to_do(tmp_path):
+    """./nmc_server.py run by a Python without the dependencies and no .venv beside it: one line."""
+    import shutil
+
+    launcher = tmp_path / "nmc_server.py"
+    shutil.copy(ROOT / "nmc_server.py", launcher)
+    result = subprocess.run([sys.executable, "-S", str(launcher), "--version"],  # -S: no site-packages
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 1
+    assert result.stderr.startswith("nmc-server: error: gevent is not installed for ")
+    assert "make run" in result.stderr and "Traceback" not in result.stderr
