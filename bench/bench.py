@@ -8,6 +8,13 @@ bench/results/bench-<UTC time>.md.
   2. `direct`   wrk straight at 127.0.0.1:B (one replica: the limit);
   3. `nginx-w1` nginx, 1 worker, round-robin upstream B/B+1, keepalive 256 (bench/nginx.conf.tmpl);
   4. `naive`    bench/naive_proxy.py (gevent pywsgi + one default requests.Session);
+  5. `pm2-i2`   PM2 cluster mode running the site itself: `pm2 start nodejs/server.js -i 2` with
+     PORT=<free port> (no containers, no docker-proxy: an anchor, not a like-for-like); CPU of
+     the PM2 daemon (the cluster primary, "front") and of its 2 workers (in the replicas column);
+  6. `http-proxy` bench/node/hp_proxy.js: node's npm http-proxy 1.18.1, round-robin over B/B+1,
+     keep-alive agent (maxSockets 256), an 'error' handler answering 502;
+     pm2@7 and http-proxy@1.18.1 are `npm install`ed into the run's temp folder (PM2_HOME there
+     too; `pm2 kill` at the end, the folder removed); without npm/node both are skipped;
   then per config: GET /healthz with wrk -t1 -c64 and -c256 --latency (10 s, 3 s with --quick),
   GET /big?mb=10 with wrk -t1 -c4; a warm-up first, then --reps interleaved repetitions (the
   order of the configs rotated each time), medians. CPU per request = utime+stime from
@@ -16,11 +23,13 @@ bench/results/bench-<UTC time>.md.
   processes. RSS of the proxy's tree at start and after all load.
 
 Everything started here is stopped at the end by PID (try/finally, also on Ctrl-C / SIGTERM):
-wrk, nginx, the naive relay, and nmc (SIGTERM: it removes its replicas; the run then checks that
+PM2 with `pm2 kill` (then SIGKILL by PID for any of its daemon/workers left), wrk, nginx, the
+naive relay, http-proxy, and nmc (SIGTERM: it removes its replicas; the run then checks that
 no container labelled nmc.cluster=<its name> is left, and removes any it finds).
 
 Needs wrk and nginx (installed with apt-get when missing and run as root), Docker, the
-nodejs.org image and .venv (make bench does venv + nodejs first).
+nodejs.org image and .venv (make bench does venv + nodejs first); node + npm and the npm
+registry for pm2-i2 and http-proxy (skipped, with a note, without them).
 """
 
 from __future__ import annotations
@@ -47,10 +56,12 @@ ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
 RESULTS = BENCH / "results"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-CONFIGS = ("direct", "nginx-w1", "naive", "nmc")
-TODO = (("gunicorn-w2", "gunicorn -k gevent -w 2 nmc.wsgi:app (nmc's WSGI app, coming)"),
-        ("pm2-i2", "PM2 cluster mode, 2 instances (see baselines/node/run_node.sh)"),
-        ("http-proxy", "node http-proxy, keep-alive agent (see baselines/node/hp_proxy.js)"))
+CONFIGS = ("direct", "nginx-w1", "naive", "nmc", "pm2-i2", "http-proxy")
+NODE_CONFIGS = ("pm2-i2", "http-proxy")  # need node + npm (pm2, http-proxy from the registry)
+TODO = (("gunicorn-w2", "gunicorn -k gevent -w 2 nmc.wsgi:app (nmc's WSGI app, coming)"),)
+NPM_PACKAGES = ("pm2@7", "http-proxy@1.18.1")
+NPM_LIMIT = 300.0
+PM2_LIMIT = 60.0
 NMC_START_LIMIT = 120.0
 NMC_STOP_LIMIT = 30.0
 UNIT = {"us": 1e-3, "ms": 1.0, "s": 1000.0, "m": 60000.0}
@@ -258,6 +269,12 @@ class Run:
         self.name = "nmc-bench-%06x" % random.SystemRandom().randrange(16**6)
         self.leftovers: list[str] = []
         self.nmc_exit: str = "not started"
+        self.deps = self.tmp / "deps"
+        self.pm2_home = self.tmp / "pm2home"
+        self.pm2_daemon: int | None = None
+        self.pm2_workers: list[int] = []
+        self.pm2_stop: str = "not started"
+        self.versions: dict[str, str] = {}
 
     def start(self, name: str, argv: list[str], port: int, display: str, **kw) -> None:
         self.commands[name] = display
@@ -291,6 +308,104 @@ class Run:
         self.start("naive", [sys.executable, *argv], port, " ".join(argv),
                    stdout=subprocess.DEVNULL, stderr=open(self.tmp / "naive.log", "wb"))
 
+    def npm_install(self) -> str | None:
+        """pm2 and http-proxy into TMP/deps; None when done, else why not."""
+        npm, node = shutil.which("npm"), shutil.which("node")
+        if not npm or not node:
+            return "node/npm not found"
+        self.deps.mkdir()
+        with open(self.tmp / "npm.log", "wb") as f:
+            try:
+                for argv in (["npm", "init", "-y"],
+                             ["npm", "install", "--no-audit", "--no-fund", *NPM_PACKAGES]):
+                    r = subprocess.run(argv, cwd=self.deps, stdin=subprocess.DEVNULL, stdout=f,
+                                       stderr=subprocess.STDOUT, timeout=NPM_LIMIT)
+                    if r.returncode != 0:
+                        break
+            except subprocess.TimeoutExpired:
+                return f"npm install took more than {NPM_LIMIT:g} s"
+        if r.returncode != 0:
+            return ("npm install failed: " +
+                    (self.tmp / "npm.log").read_text(errors="replace")[-400:].replace("\n", " "))
+        for pkg in ("pm2", "http-proxy"):
+            self.versions[pkg] = self._pkg_version(pkg)
+        self.versions["node"] = cmd_out([node, "--version"])
+        return None
+
+    def _pkg_version(self, pkg: str) -> str:
+        import json
+        try:
+            return json.loads((self.deps / "node_modules" / pkg / "package.json").read_text())["version"]
+        except (OSError, ValueError, KeyError):
+            return "?"
+
+    def start_http_proxy(self, port: int, base: int) -> None:
+        argv = ["node", "bench/node/hp_proxy.js", str(port), str(base), str(base + 1)]
+        self.start("http-proxy", argv, port,
+                   f"NODE_PATH=TMP/deps/node_modules {' '.join(argv)}   (http-proxy "
+                   f"{self.versions.get('http-proxy', '?')}, keep-alive agent maxSockets 256)",
+                   stdout=subprocess.DEVNULL, stderr=open(self.tmp / "http-proxy.log", "wb"),
+                   env={**os.environ, "NODE_PATH": str(self.deps / "node_modules")})
+
+    def pm2(self, *args: str, timeout: float = PM2_LIMIT, env: dict | None = None) -> int:
+        with open(self.tmp / "pm2-cli.log", "ab") as f:
+            try:
+                return subprocess.run([str(self.deps / "node_modules" / ".bin" / "pm2"), *args],
+                                      cwd=ROOT, stdin=subprocess.DEVNULL, stdout=f,
+                                      stderr=subprocess.STDOUT, timeout=timeout,
+                                      env={**os.environ, "PM2_HOME": str(self.pm2_home),
+                                           **(env or {})}).returncode
+            except subprocess.TimeoutExpired:
+                return -1
+
+    def start_pm2(self, port: int) -> bool:
+        """pm2 start nodejs/server.js -i 2 on PORT; True once the daemon has its 2 workers."""
+        self.commands["pm2-i2"] = (f"PM2_HOME=TMP/pm2home PORT={port} pm2 start nodejs/server.js "
+                                   f"-i 2 --name {self.name}-pm2 --no-autorestart   (pm2 {self.versions.get('pm2', '?')}, "
+                                   f"host node {self.versions.get('node', '?')}, no Docker)")
+        self.port["pm2-i2"] = port
+        self.pm2_stop = "started"
+        rc = self.pm2("start", "nodejs/server.js", "-i", "2", "--name", f"{self.name}-pm2",
+                      "--no-autorestart", env={"PORT": str(port), "NMC_REPLICA": "pm2"})
+        try:
+            self.pm2_daemon = int((self.pm2_home / "pm2.pid").read_text().strip())
+        except (OSError, ValueError):
+            self.pm2_daemon = None
+        if rc != 0 or self.pm2_daemon is None:
+            return False
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            self.pm2_workers = [p for p in tree(self.pm2_daemon) if p != self.pm2_daemon]
+            if len(self.pm2_workers) >= 2 and http_ok(port):
+                return True
+            time.sleep(0.2)
+        return False
+
+    def stop_pm2(self) -> None:
+        """pm2 kill (daemon + workers), then SIGKILL by PID whatever of them is left."""
+        if self.pm2_stop != "started":  # never started, or already stopped
+            return
+        pids = ([self.pm2_daemon] if self.pm2_daemon else []) + self.pm2_workers
+        if self.pm2_daemon:
+            pids = list(dict.fromkeys(pids + tree(self.pm2_daemon)))
+        # only with a daemon there: `pm2 kill` without one would first spawn one
+        rc = self.pm2("kill", timeout=30) if (self.pm2_home / "pm2.pid").exists() else "(no pm2.pid)"
+        left = []
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            left = [p for p in pids if (f := stat_fields(p)) and f[0] != "Z"]
+            if not left:
+                break
+            time.sleep(0.1)
+        for p in left:
+            try:
+                os.kill(p, signal.SIGKILL)
+            except OSError:
+                pass
+        self.pm2_stop = (f"pm2 kill exit code {rc}" +
+                         (f"; SIGKILLed {len(left)} process(es) still there" if left else
+                          "; daemon and workers gone"))
+
     def nmc_log_tail(self, n: int = 20) -> str:
         try:
             return "\n".join((self.tmp / "nmc.log").read_text(errors="replace").splitlines()[-n:])
@@ -305,7 +420,11 @@ class Run:
         if self.wrk is not None and self.wrk.poll() is None:
             self.wrk.kill()
             self.wrk.wait(5)
-        for name in ("naive", "nginx-w1"):
+        try:
+            self.stop_pm2()
+        except Exception as e:  # never skip the rest of the stopping
+            log(f"stopping pm2: {e!r}")
+        for name in ("naive", "nginx-w1", "http-proxy"):
             p = self.procs.get(name)
             if p is not None and p.poll() is None:
                 p.send_signal(signal.SIGTERM)  # nginx: fast shutdown of master + worker
@@ -449,10 +568,18 @@ def main(argv=None) -> int:
     interrupted = None
     node_version, t_nmc = "?", None
     try:
-        base = free_ports(5)  # P = base, replicas base+1 / base+2, nginx base+3, naive base+4
+        # P = base, replicas base+1 / base+2, nginx base+3, naive base+4, pm2 base+5, http-proxy base+6
+        base = free_ports(7)
         P, B = base, base + 1
         log(f"starting nmc (cluster {run.name}) on 127.0.0.1:{P}, replicas on {B} and {B + 1}")
         run.start_nmc(P, B)
+        if any(c in args.configs for c in NODE_CONFIGS):  # while nmc starts its replicas
+            log(f"npm install {' '.join(NPM_PACKAGES)} into the run's temp folder")
+            why = run.npm_install()
+            if why:
+                log(f"{why}: {', '.join(NODE_CONFIGS)} skipped")
+                notes.append(f"{', '.join(NODE_CONFIGS)} skipped: {why}")
+                args.configs = [c for c in args.configs if c not in NODE_CONFIGS]
         if not wait_http(P, NMC_START_LIMIT, run.procs["nmc"]):
             log("nmc did not answer /healthz in time; its log:\n" + run.nmc_log_tail())
             return 1
@@ -466,11 +593,21 @@ def main(argv=None) -> int:
             run.start_nginx(tools["nginx"], base + 3, B)
         if "naive" in args.configs:
             run.start_naive(base + 4, B)
-        for cfg in ("nginx-w1", "naive"):
+        if "http-proxy" in args.configs:
+            run.start_http_proxy(base + 6, B)
+        for cfg in ("nginx-w1", "naive", "http-proxy"):
             if cfg in args.configs and not wait_http(run.port[cfg], 15, run.procs[cfg]):
                 log(f"{cfg} does not answer: skipped")
                 notes.append(f"{cfg} did not start (answer /healthz within 15 s): skipped")
                 args.configs.remove(cfg)
+        if "pm2-i2" in args.configs:
+            log(f"pm2 start nodejs/server.js -i 2 on 127.0.0.1:{base + 5} (PM2_HOME in the temp folder)")
+            if not run.start_pm2(base + 5):
+                log("pm2-i2 did not start (2 workers answering /healthz): skipped; pm2 kill")
+                notes.append("pm2-i2 did not start (daemon + 2 workers answering /healthz within "
+                             f"{PM2_LIMIT:g} + 15 s): skipped")
+                args.configs.remove("pm2-i2")
+                run.stop_pm2()
         dp = {B: docker_proxy_pids(B), B + 1: docker_proxy_pids(B + 1)}
         ids = run.containers()
         node_pids = []
@@ -480,6 +617,11 @@ def main(argv=None) -> int:
                 node_pids += tree(int(pid))
         node_version = cmd_out(["docker", "exec", ids[0], "node", "--version"]) if ids else "?"
         for cfg in args.configs:
+            if cfg == "pm2-i2":  # front = the daemon (cluster primary), app = its 2 workers
+                groups_of[cfg] = {"proxy": [run.pm2_daemon], "dproxy": [], "node": run.pm2_workers}
+                rss0[cfg] = rss_mib([run.pm2_daemon])
+                rss0["pm2-workers"] = rss_mib(run.pm2_workers)
+                continue
             proxy = [] if cfg == "direct" else tree(run.procs[cfg].pid)
             dproxy = dp[B] if cfg == "direct" else dp[B] + dp[B + 1]
             groups_of[cfg] = {"proxy": proxy, "dproxy": dproxy, "node": node_pids}
@@ -511,6 +653,12 @@ def main(argv=None) -> int:
                 d["rep"] = r + 1
                 rows.setdefault((cfg, "big"), []).append(d)
         for cfg in args.configs:
+            if cfg == "pm2-i2":
+                rss1[cfg] = rss_mib([run.pm2_daemon])
+                rss1["pm2-workers"] = rss_mib(run.pm2_workers)
+                if any(stat_fields(p) is None for p in [run.pm2_daemon, *run.pm2_workers]):
+                    notes.append("a PM2 process (daemon or worker) exited during the run")
+                continue
             rss1[cfg] = rss_mib(tree(run.procs[cfg].pid)) if cfg != "direct" else float("nan")
         if "nmc" in run.procs and run.procs["nmc"].poll() is not None:
             notes.append(f"nmc exited during the run (code {run.procs['nmc'].returncode})")
@@ -519,9 +667,9 @@ def main(argv=None) -> int:
         log(f"{e}: stopping everything")
     finally:
         nmc_tail = run.nmc_log_tail(10)
-        log("stopping nginx, the naive relay and nmc (SIGTERM, by PID)")
+        log("stopping pm2 (pm2 kill), nginx, the naive relay, http-proxy and nmc (SIGTERM, by PID)")
         run.stop_all()
-        log(f"nmc {run.nmc_exit}; containers left of {run.name}: "
+        log(f"pm2: {run.pm2_stop}; nmc {run.nmc_exit}; containers left of {run.name}: "
             f"{len(run.leftovers)}{' (removed)' if run.leftovers else ''}")
 
     if not rows:
@@ -533,7 +681,9 @@ def main(argv=None) -> int:
           for k in ("c64", "c256", "big")}
     ng_cpu = med(rows.get(("nginx-w1", "c64"), []), "us_proxy")
     cfg_names = {"direct": "direct (1 replica)", "nginx-w1": "nginx-w1", "naive": "naive (before)",
-                 "nmc": "**nmc** (./nmc_server.py)"}
+                 "nmc": "**nmc** (./nmc_server.py)",
+                 "pm2-i2": "pm2-i2 (PM2 cluster, 2 workers, no Docker: anchor)",
+                 "http-proxy": "http-proxy (node, keep-alive agent)"}
     L = []
     L.append(f"# nmc benchmark, {started_at.strftime('%Y-%m-%d %H:%M:%S UTC')}"
              f"{' (--quick)' if args.quick else ''}")
@@ -563,17 +713,22 @@ def main(argv=None) -> int:
             cpu,
             f"{ratio(med(a, 'rps'), ng['c64'])} / {ratio(med(b, 'rps'), ng['c256'])}",
             "—" if cfg == "direct" else ratio(cpu64, ng_cpu),
-            fmt(med(a, "us_dproxy"), 1), fmt(med(a, "us_node"), 1), fmt(med(a, "us_total"), 1),
+            "— (no Docker)" if cfg == "pm2-i2" else fmt(med(a, "us_dproxy"), 1),
+            fmt(med(a, "us_node"), 1), fmt(med(a, "us_total"), 1),
             fmt(med(g, "mibs")), ratio(med(g, "mibs"), ng["big"]),
             "—" if cfg == "direct" else f"{fmt(rss0.get(cfg, float('nan')), 1)} → "
-                                        f"{fmt(rss1.get(cfg, float('nan')), 1)}",
+                                        f"{fmt(rss1.get(cfg, float('nan')), 1)}" + (
+                " (daemon; workers {} → {})".format(fmt(rss0.get("pm2-workers", float("nan")), 1),
+                                                    fmt(rss1.get("pm2-workers", float("nan")), 1))
+                if cfg == "pm2-i2" else ""),
         ]) + " |")
     for name, what in TODO:
         L.append(f"| {name} | TODO: {what} |" + " |" * 13)
     L.append("")
     L.append("Columns: errors = wrk socket errors (connect/read/write/timeout) + non-2xx answers, "
              "summed over all runs of the config. CPU µs/req = utime+stime of the proxy's process "
-             "tree (nginx master+worker; the Python process with its threads) ÷ requests; "
+             "tree (nginx master+worker; the Python process with its threads; the node process of "
+             "http-proxy; for pm2-i2 the PM2 daemon only) ÷ requests; "
              "x nginx = ratio to nginx-w1 in the same run (req/s: higher is better; CPU: how many "
              "times nginx's CPU per request). docker-proxy = the `docker-proxy -host-port` "
              "processes in the path (B only for direct, B and B+1 for the relays); replicas = the "
@@ -584,6 +739,17 @@ def main(argv=None) -> int:
              "process accounts for (\"unattributed\": the kernel's softirq work on loopback, "
              "dockerd, and anything else running on the machine at the same time; a high value "
              "flags a run disturbed by other load).")
+    if "pm2-i2" in args.configs:
+        L.append("")
+        L.append("pm2-i2 is an anchor, not a like-for-like: PM2 cluster mode runs the site itself "
+                 "(nodejs/server.js, 2 workers on the host's node, outside Docker), so there is no "
+                 "proxy and no docker-proxy in its path: the daemon (cluster primary) accepts each "
+                 "connection once and hands its fd to a worker. Its CPU µs/req column is the PM2 "
+                 "daemon alone (front); its replicas column is its 2 workers; total = the two. "
+                 "Compare its total with the relays' totals (proxy + docker-proxy + replicas). "
+                 "Balance is per connection, not per request (a keep-alive connection stays on one "
+                 "worker). http-proxy is a per-request relay like nginx and nmc, on the same "
+                 "replicas and docker-proxies.")
     if notes:
         L.append("")
         L += [f"- {n}" for n in notes]
@@ -603,6 +769,7 @@ def main(argv=None) -> int:
                     fmt(r["p99"], 1), fmt(r["mibs"]), str(r["err"]),
                     "—" if cfg == "direct" else fmt(r.get("pct_proxy", float("nan"))),
                     "—" if cfg == "direct" else fmt(r.get("us_proxy", float("nan")), 1),
+                    "— (no Docker)" if cfg == "pm2-i2" else
                     f"{fmt(r.get('pct_dproxy', float('nan')))} / {fmt(r.get('us_dproxy', float('nan')), 1)}",
                     fmt(r.get("pct_node", float("nan"))), fmt(r.get("pct_wrk", float("nan"))),
                     fmt(r["machine_busy_pct"]), fmt(r.get("pct_other", float("nan"))),
@@ -639,10 +806,15 @@ def main(argv=None) -> int:
     L.append(f"- {cmd_out([wrk, '-v']).splitlines()[0] if cmd_out([wrk, '-v']) else 'wrk ?'}; "
              f"{cmd_out([tools['nginx'], '-v']) if tools['nginx'] else 'nginx: not installed'}; "
              f"Docker {cmd_out(['docker', 'version', '-f', '{{.Server.Version}}'])}; "
-             f"node in the image {node_version}")
+             f"node in the image {node_version}" +
+             (f"; host node {run.versions.get('node', '?')}, pm2 {run.versions.get('pm2', '?')}, "
+              f"http-proxy {run.versions.get('http-proxy', '?')} (npm, temp folder)"
+              if run.versions else ""))
     L.append(f"- Python {platform.python_version()}, {pyver}; "
              f"{cmd_out([sys.executable, str(ROOT / 'nmc_server.py'), '-v'])}")
     L.append(f"- source: {source_state()}")
+    if run.pm2_stop != "not started":
+        L.append(f"- pm2 stop: {run.pm2_stop}")
     L.append(f"- nmc stop: {run.nmc_exit}; containers labelled nmc.cluster={run.name} left: "
              f"{len(run.leftovers)}{' (removed by bench.py)' if run.leftovers else ''}")
     L.append(f"- run took {took:.0f} s" + (f" (nmc answered after {t_nmc:.1f} s)" if t_nmc else ""))
