@@ -139,7 +139,7 @@ class Proxy:
             request.method = method
             request.url = replica.url + target
             request.headers = CaseInsensitiveDict(headers)
-            request.body = body.data if isinstance(body, _SmallBody) else body
+            request.body = body.payload if body is not None else None
             try:
                 response = self.transport.send(request, stream=True, timeout=self.timeout)
             except requests.exceptions.ConnectTimeout:
@@ -245,6 +245,11 @@ class _ClientBody:
         self.stream = stream
         self.failed: Exception | None = None
 
+    @property
+    def payload(self):
+        """What urllib3 is given to send: this object (read as a file, or iterated)."""
+        return self
+
     def _guarded(self, read, *args) -> bytes:
         try:
             return read(*args)
@@ -276,6 +281,10 @@ class _SmallBody(_ClientBody):
             raise ClientBodyError(f"request body ({e})") from e
         if len(self.data) != length:
             raise ClientBodyError(f"request body ended after {len(self.data)} of {length} bytes")
+
+    @property
+    def payload(self) -> bytes:
+        return self.data
 
 
 class _ChunkedBody(_ClientBody):

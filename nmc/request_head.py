@@ -8,6 +8,7 @@ relayed. The rules follow RFC 9112 and what nginx, HAProxy and Go's net/http ref
 from __future__ import annotations
 
 import re
+from http import HTTPStatus
 
 MAX_REQUEST_LINE = 8192        # bytes; longer: 414 (nginx's large_client_header_buffers: 8k)
 MAX_HEADER_BYTES = 32 * 1024   # bytes of all header lines together; more: 431
@@ -20,13 +21,10 @@ TARGET = re.compile(r"^(/|https?://)[\x21-\x7e]*$")
 BAD_VALUE_BYTES = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 DIGITS = re.compile(r"^[0-9]{1,18}$")  # not str.isdigit: that takes '²' too
 
-REASONS = {400: "Bad Request", 405: "Method Not Allowed", 408: "Request Timeout",
-           414: "URI Too Long", 431: "Request Header Fields Too Large",
-           501: "Not Implemented", 505: "HTTP Version Not Supported"}
-
 
 class Rejected(ValueError):
-    """The request is refused: answer `status` with `reason`, then close the connection."""
+    """The request is refused: answer `status` with `reason`, then close the connection. Its
+    answer is whole bytes: the server sends it itself, before (or instead of) any WSGI call."""
 
     def __init__(self, status: int, reason: str, extra_headers: tuple = ()):
         super().__init__(reason)
@@ -36,8 +34,9 @@ class Rejected(ValueError):
         self.formatted_message = f"{status} {reason}"  # what pywsgi logs for client errors
 
     def response(self) -> bytes:
-        body = f"{self.status} {REASONS[self.status]}: {self.reason}\n".encode()
-        head = [f"HTTP/1.1 {self.status} {REASONS[self.status]}",
+        phrase = HTTPStatus(self.status).phrase
+        body = f"{self.status} {phrase}: {self.reason}\n".encode()
+        head = [f"HTTP/1.1 {self.status} {phrase}",
                 "Content-Type: text/plain; charset=utf-8",
                 f"Content-Length: {len(body)}",
                 "Connection: close",

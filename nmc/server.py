@@ -22,6 +22,7 @@ from nmc import request_head
 from nmc.config import Config
 from nmc.containers import Engine
 from nmc.errors import NmcError, UsageError, capture
+from nmc.http_rules import error_answer
 from nmc.proxy import Proxy
 from nmc.supervisor import Supervisor
 
@@ -51,7 +52,8 @@ class ProxyHandler(WSGIHandler):
     def handle(self):
         server = self.server
         if len(server.connections) >= server.max_connections:
-            self._refuse(b"503 Service Unavailable", b"too many open connections; try again\n")
+            self._refuse(request_head.Rejected(503, "too many open connections; try again",
+                                               (("Retry-After", "1"),)))
             return
         server.connections.add(self)
         try:
@@ -59,12 +61,10 @@ class ProxyHandler(WSGIHandler):
         finally:
             server.connections.discard(self)
 
-    def _refuse(self, status: bytes, body: bytes) -> None:
+    def _refuse(self, rejected: request_head.Rejected) -> None:
         """Answer without reading the request, then a lingering close (no reset before it is read)."""
         try:
-            self.socket.sendall(b"HTTP/1.1 " + status + b"\r\nContent-Type: text/plain\r\n"
-                                b"Retry-After: 1\r\nConnection: close\r\nContent-Length: "
-                                + str(len(body)).encode() + b"\r\n\r\n" + body)
+            self.socket.sendall(rejected.response())
             self.socket.shutdown(socket.SHUT_WR)
             self.socket.settimeout(1)
             while self.socket.recv(65536):
@@ -196,12 +196,9 @@ class ProxyHandler(WSGIHandler):
         if issubclass(t, gevent.GreenletExit):  # a forced stop cut this request short
             self.close_connection = True
             if not self.response_length and not self.headers_sent:
-                body = b"503 Service Unavailable: nmc-server is stopping\n"
-                self.start_response("503 Service Unavailable", [
-                    ("Content-Type", "text/plain; charset=utf-8"),
-                    ("Content-Length", str(len(body)))])
                 try:
-                    self.write(body)
+                    for data in error_answer(self.start_response, 503, "nmc-server is stopping", None):
+                        self.write(data)
                 except OSError:
                     pass
             return
@@ -279,7 +276,6 @@ class NmcServer:
         self.signals: gevent.queue.Queue[str] = gevent.queue.Queue()
         self.supervisor: Supervisor | None = None
         self.http: WSGIServer | None = None
-        self._interrupts = 0
 
     def run(self, progress=None) -> int:
         """Start the cluster and serve until SIGINT/SIGTERM; returns the exit code.
@@ -312,7 +308,7 @@ class NmcServer:
             return 0
         finally:
             listener.close()
-            if self.supervisor is not None and not self.supervisor.stopped:
+            if self.supervisor is not None and not self.supervisor.stopping:
                 self.supervisor.stop(remove=not self.config.keep, stop_timeout=FORCED_STOP_TIMEOUT)
 
     def _start_cluster(self) -> None:
@@ -332,14 +328,14 @@ class NmcServer:
             raise start.value
 
     def handle_sigint(self) -> None:
-        self._interrupts += 1
-        if self._interrupts == 1:
-            self._stop(graceful=True)
+        # the first signal only: the serving loop ends with it, and _stop reads any second one
+        self._stop()
 
     handle_sigterm = handle_sigint
 
-    def _stop(self, graceful: bool) -> None:
-        """Stop accepting, let in-flight requests finish (bounded), then stop the replicas."""
+    def _stop(self) -> None:
+        """Stop accepting, let in-flight requests finish (bounded), then stop the replicas; a
+        second signal meanwhile cuts the wait short."""
         http, self.http = self.http, None
         log.info("stopping: no new connections; in-flight requests get up to %gs",
                  self.config.graceful_timeout)

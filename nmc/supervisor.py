@@ -60,10 +60,10 @@ class Supervisor:
         # finish creating it unseen): it is in _creating, and looks at the event when done.
         self._stop_event = gevent.event.Event()
         self._creating: set[gevent.Greenlet] = set()
-        self.stopped = False
 
     @property
-    def _stopping(self) -> bool:
+    def stopping(self) -> bool:
+        """stop() has begun: nothing more is started, checked or replaced."""
         return self._stop_event.is_set()
 
     # -- start -------------------------------------------------------------------------------
@@ -109,7 +109,7 @@ class Supervisor:
     def _start(self, replica: Replica) -> None:
         """Run a fresh container for `replica` and wait until it answers; READY on success."""
         replica.change_state(State.STARTING)
-        if self._stopping:
+        if self.stopping:
             raise ReplicaStartFailed(f"replica {replica.name}: start cancelled, nmc is stopping")
         task = gevent.getcurrent()
         self._creating.add(task)
@@ -125,7 +125,7 @@ class Supervisor:
         deadline = started + self.config.start_timeout
         next_inspect = started
         while True:
-            if self._stopping:
+            if self.stopping:
                 raise ReplicaStartFailed(f"replica {replica.name}: start cancelled, nmc is stopping")
             result = self.checker.check(replica.url)
             if result.ok:
@@ -135,12 +135,9 @@ class Supervisor:
             now = time.monotonic()
             if now >= next_inspect:  # an exited container never answers: say so at once
                 next_inspect = now + 0.5
-                info = self.engine.inspect(replica.container_id)
-                if info is None or not info.running:
-                    exit_text = ("was removed" if info is None
-                                 else f"exited with code {info.exit_code}" if info.status == "exited"
-                                 else f"is {info.status}")
-                    raise ReplicaStartFailed(f"replica {replica.name} {exit_text} while starting"
+                problem = _not_running(self.engine.inspect(replica.container_id))
+                if problem:
+                    raise ReplicaStartFailed(f"replica {replica.name}: {problem} while starting"
                                              + self._last_logs(replica))
             if now >= deadline:
                 raise ReplicaStartFailed(
@@ -168,7 +165,7 @@ class Supervisor:
         When the engine goes away, say so once, keep relaying (the checks go on), reconnect with a
         growing delay, and look at every replica again when it is back."""
         delay = BACKOFF_FIRST
-        while not self._stopping:
+        while not self.stopping:
             try:
                 stream = self.engine.events(self.config.name)
             except EngineError as e:
@@ -179,16 +176,14 @@ class Supervisor:
             if self._engine_lost:
                 self._engine_lost = False
                 log.info("the Docker engine is back: checking every replica")
-                for replica in self.pool:
-                    if replica.state in (State.READY, State.DOWN) and replica not in self._replacing:
-                        self._tasks.spawn(self._check, replica)
+                self._check_all()
             delay = BACKOFF_FIRST
             self._event_stream = stream
             try:
                 for event in stream:
                     self._on_event(event)
             except EngineError as e:
-                if not self._stopping:
+                if not self.stopping:
                     self._lost_engine(e)
             finally:
                 stream.close()
@@ -205,15 +200,15 @@ class Supervisor:
             "pause": "container was paused",
             "destroy": "container was removed",
         }
-        stopping = event.action == "kill" and event.signal in STOPPING_SIGNALS
-        if event.action not in reasons and not stopping:
+        being_stopped = event.action == "kill" and event.signal in STOPPING_SIGNALS
+        if event.action not in reasons and not being_stopped:
             return
         for replica in self.pool:
             if replica.container_id != event.container_id:
                 continue
-            if stopping or event.action == "pause":  # someone stopped it: not a crash of its own
+            if being_stopped or event.action == "pause":  # someone stopped it: not a crash of its own
                 replica.stopped_from_outside = True
-            if stopping and replica.state is State.READY:
+            if being_stopped and replica.state is State.READY:
                 # out of the rotation now: no new requests while it shuts down (in-flight ones
                 # finish); its `die` follows and gets it replaced
                 replica.change_state(State.DOWN, f"container is being stopped (signal {event.signal})")
@@ -225,14 +220,19 @@ class Supervisor:
 
     def _monitor_loop(self) -> None:
         while not self._stop_event.wait(self.config.check_interval):
-            for replica in self.pool:
-                if replica.state in (State.READY, State.DOWN) and replica not in self._replacing:
-                    self._tasks.spawn(self._check, replica)
+            self._check_all()
+
+    def _check_all(self) -> None:
+        """A check of every replica in or out of the rotation (not one being replaced), each in
+        its own greenlet: a hung replica delays no other."""
+        for replica in self.pool:
+            if replica.state in (State.READY, State.DOWN) and replica not in self._replacing:
+                self._tasks.spawn(self._check, replica)
 
     def _check(self, replica: Replica) -> None:
         """One health check, counted; the thresholds decide whether anything changes."""
         result = self.checker.check(replica.url)
-        if replica in self._replacing or self._stopping:
+        if replica in self._replacing or self.stopping:
             return
         if result.ok:
             replica.check_passes, replica.check_fails = replica.check_passes + 1, 0
@@ -260,17 +260,11 @@ class Supervisor:
             info = self.engine.inspect(replica.container_id) if replica.container_id else None
         except EngineError:
             return None  # the engine is away: say nothing of the container
-        if info is None:
-            return "container is gone"
-        if info.status == "exited":
-            return f"container exited with code {info.exit_code}"
-        if not info.running:
-            return f"container is {info.status}"
-        return None
+        return _not_running(info)
 
     def report_failure(self, replica: Replica, reason: str) -> None:
         """The proxy could not reach `replica`: out of the rotation now, and checked at once."""
-        if self._stopping or replica.state is not State.READY:
+        if self.stopping or replica.state is not State.READY:
             return
         replica.change_state(State.DOWN, reason)
         replica.check_passes = 0
@@ -278,7 +272,7 @@ class Supervisor:
 
     def replace(self, replica: Replica, reason: str) -> None:
         """Take `replica` out of the rotation and start a new container in its place."""
-        if self._stopping or replica in self._replacing:
+        if self.stopping or replica in self._replacing:
             return
         if not replica.change_state(State.DOWN, reason):  # already out: say why it goes now
             log.warning("replica %s (port %d, container %s): replacing it (%s)", replica.name,
@@ -291,7 +285,7 @@ class Supervisor:
         last_error = ""  # a failure is logged when it changes, not at every try
         try:
             self._report_crash_and_back_off(replica)
-            while not self._stopping:
+            while not self.stopping:
                 try:
                     if replica.container_id:
                         self.engine.remove(replica.container_id, stop_timeout=1)
@@ -345,7 +339,6 @@ class Supervisor:
         """Stop checking and starting; remove the cluster's containers in parallel (unless not
         `remove`), including any whose creation was cut short before its id was known."""
         self._stop_event.set()
-        self.stopped = True
         if self._monitor is not None:
             self._monitor.kill()  # it only waits on the event between rounds
         if self._events is not None:
@@ -391,6 +384,17 @@ class Supervisor:
             return
         replica.change_state(State.STOPPED, "container removed")
         replica.container_id = None
+
+
+def _not_running(info) -> str | None:
+    """Why a container (a ContainerInfo, or None when gone) cannot answer, or None if it runs."""
+    if info is None:
+        return "container is gone"
+    if info.status == "exited":
+        return f"container exited with code {info.exit_code}"
+    if not info.running:
+        return f"container is {info.status}"
+    return None
 
 
 def _check_port_free(port: int) -> None:

@@ -49,17 +49,14 @@ class _Broke(ConnectionResetError):
 
 
 def relay_upgrade(environ: dict, start_response, replica, target: str, headers: dict,
-                  connect_timeout: float, answer_timeout: float, extra_headers=None):
+                  connect_timeout: float, answer_timeout: float, extra_headers):
     """Relay an upgrade request to `replica`; the WSGI return value for the proxy to return.
 
     `headers` are the end-to-end request headers (hop-by-hop ones already removed); the tunnel
     adds `Connection: Upgrade` and the client's `Upgrade` header back. `extra_headers` are added
-    to every answer (the proxy's X-Served-By / X-Request-ID); by default X-Request-ID when
-    `headers` has one. Raises TunnelRefused when the replica refuses the connection.
+    to every answer (the proxy's X-Served-By / X-Request-ID). Raises TunnelRefused when the
+    replica refuses the connection.
     """
-    if extra_headers is None:
-        extra_headers = [(name, value) for name, value in headers.items()
-                         if name.lower() == "x-request-id"]
     extra_headers = list(extra_headers)
     request_id = headers.get("X-Request-ID")
     client = environ.get("nmc.socket") or environ.get("gunicorn.socket")
