@@ -124,6 +124,12 @@ class NmcProcess:
     def log(self) -> str:
         return "\n".join(self.lines)
 
+    def log_summary(self, limit: int = 60) -> str:
+        """The log without the per-request lines (counted instead), its last `limit` lines."""
+        kept = [line for line in self.lines if "Forwarding request to port" not in line]
+        relayed = len(self.lines) - len(kept)
+        return "\n".join(kept[-limit:] + [f"(and {relayed} 'Forwarding request' lines)"] * bool(relayed))
+
     def wait_for_line(self, pattern: str, timeout: float = 30, start: int = 0) -> re.Match:
         """The first log line (from index `start`) matching `pattern`; fails after `timeout`."""
         regex = re.compile(pattern)
@@ -137,7 +143,7 @@ class NmcProcess:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or (self.proc.poll() is not None and not self._reading()):
                     raise AssertionError(f"no log line matching {pattern!r} within {timeout}s; "
-                                         f"exit code {self.proc.poll()}; log:\n{self.log}")
+                                         f"exit code {self.proc.poll()}; log:\n{self.log_summary()}")
                 self._changed.wait(min(remaining, 0.2))
 
     def _reading(self) -> bool:
