@@ -16,6 +16,9 @@ setup(
         "docker>=7.0",
         "docopt-ng>=0.9",
     ],
-    extras_require={"test": ["pytest>=8"]},
+    extras_require={
+        "gunicorn": ["gunicorn>=23"],
+        "test": ["pytest>=8", "gunicorn>=23"],
+    },
     entry_points={"console_scripts": ["nmc-server=nmc.__main__:run"]},
 )

@@ -69,12 +69,26 @@ class Replica:
         return True
 
 
+    def mirror(self, state: State, container_id: str | None) -> None:
+        """Take a state that another process decided and logged (see nmc.workers): no log."""
+        if state is not self.state:
+            self.state, self.since = state, time.monotonic()
+            if state is State.READY:
+                self.ready_at = self.since
+        self.container_id = container_id
+
+
 class Pool:
     """The cluster's replicas in port order, and the round-robin cursor over them."""
 
     def __init__(self, replicas: list[Replica]):
         self.replicas = list(replicas)
         self._cursor = 0
+
+    @classmethod
+    def for_config(cls, config) -> "Pool":
+        """One replica per host port of the configuration, none started yet."""
+        return cls([Replica(config.replica_name(port), port) for port in config.replica_ports])
 
     def __iter__(self):
         return iter(self.replicas)

@@ -42,13 +42,14 @@ class ReplicaStartFailed(NmcError):
 class Supervisor:
     """Owns the replicas' containers: the one place that starts, replaces and removes them."""
 
-    def __init__(self, config: Config, engine: Engine, checker: HealthChecker | None = None):
+    def __init__(self, config: Config, engine: Engine, checker: HealthChecker | None = None,
+                 pool: Pool | None = None):
         self.config = config
         self.engine = engine
         self.checker = checker or HealthChecker(config.health_path, config.check_timeout)
         self.thresholds = Thresholds(config.unhealthy_after, config.healthy_after,
                                      config.replace_after)
-        self.pool = Pool([Replica(config.replica_name(port), port) for port in config.replica_ports])
+        self.pool = pool if pool is not None else Pool.for_config(config)
         self.image_id = ""
         self._tasks = gevent.pool.Group()  # checks and replacements in flight
         self._replacing: set[Replica] = set()
@@ -95,7 +96,7 @@ class Supervisor:
                        and info.labels.get(LABEL_SETTINGS) == self._spec(replica).settings_hash(self.image_id))
             if matches:
                 replica.container_id = info.id
-                log.info("adopting running container %s (%s) from an earlier run", info.name, info.short_id)
+                log.info("adopting running container %s (%s)", info.name, info.short_id)
             else:
                 log.info("removing leftover container %s (%s, %s): it does not match this cluster's "
                          "settings", info.name, info.short_id, info.status)
@@ -335,9 +336,11 @@ class Supervisor:
 
     # -- stop --------------------------------------------------------------------------------
 
-    def stop(self, remove: bool = True, stop_timeout: float = 5) -> None:
+    def stop(self, remove: bool = True, stop_timeout: float = 5,
+             reason: str = "left running (--keep)") -> None:
         """Stop checking and starting; remove the cluster's containers in parallel (unless not
-        `remove`), including any whose creation was cut short before its id was known."""
+        `remove`: then `reason` says why they stay), including any whose creation was cut short
+        before its id was known."""
         self._stop_event.set()
         if self._monitor is not None:
             self._monitor.kill()  # it only waits on the event between rounds
@@ -353,7 +356,7 @@ class Supervisor:
         if not remove:
             for replica in self.pool:
                 if replica.container_id:
-                    replica.change_state(State.STOPPED, "left running (--keep)")
+                    replica.change_state(State.STOPPED, reason)
             return
         removals = [gevent.spawn(self._remove, r, stop_timeout) for r in self.pool if r.container_id]
         gevent.joinall(removals)

@@ -94,15 +94,16 @@ def free_port_block(count: int) -> int:
 
 
 class NmcProcess:
-    """./nmc_server.py running in its own process; its stderr and stdout are collected by threads."""
+    """./nmc_server.py (or `command`, e.g. gunicorn) running in its own process; its stderr and
+    stdout are collected by threads."""
 
-    def __init__(self, args: list[str], env: dict | None = None):
+    def __init__(self, args: list[str], env: dict | None = None, command: list[str] | None = None):
         self.args = args
         self.lines: list[str] = []   # stderr: the log
         self.stdout: list[str] = []
         self._changed = threading.Condition()
         self.proc = subprocess.Popen(
-            [sys.executable, str(ROOT / "nmc_server.py"), *args],
+            [*(command or [sys.executable, str(ROOT / "nmc_server.py")]), *args],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
             text=True, encoding="utf-8", errors="replace", cwd=ROOT,
             env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})

@@ -1,0 +1,337 @@
+"""One cluster, several worker processes (gunicorn -w N): who supervises, and how all route alike.
+
+Every worker relays requests over its own copy of the replica pool; exactly one of them, the
+*leader*, runs the Supervisor that starts, checks, replaces and removes the containers.
+
+- Leadership is a lease: an exclusive `flock` on `<run dir>/<cluster name>.lock`. Whoever holds
+  it leads; the kernel releases it when the leader's process ends, however it ends (`kill -9`
+  too), and a follower, trying every LEASE_RETRY seconds, takes over and adopts the running
+  replicas (the Supervisor's start: zero container restarts).
+- The leader publishes the replicas' states to `<run dir>/<cluster name>.json` (written whole,
+  then renamed into place) whenever they change; followers read it when its mtime changes, so
+  every worker learns of a replacement within about STATE_POLL seconds.
+- A follower that sees a replica refuse or break a connection takes it out of its own rotation at
+  once and probes it itself; it comes back on a passing probe or on the leader's next word.
+- When the leader's worker is told to stop (SIGTERM, SIGINT, SIGQUIT), it tells a reload from a
+  shutdown by its siblings: a graceful reload (HUP) forks the new workers before it stops the old
+  ones, so a child of the master that was not there a moment before means "hand over"; none
+  means the master is shutting down, and the leader waits for its siblings to finish their
+  requests, then removes the replicas (unless --keep).
+"""
+
+from __future__ import annotations
+
+import atexit
+import fcntl
+import json
+import logging
+import os
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import gevent
+import gevent.event
+
+from nmc.config import Config
+from nmc.containers import Engine
+from nmc.errors import NmcError, capture
+from nmc.health import HealthChecker
+from nmc.pool import Pool, Replica, State
+from nmc.supervisor import Supervisor
+
+log = logging.getLogger(__name__)
+
+LEASE_RETRY = 0.5    # seconds between a follower's tries to take the lease
+STATE_POLL = 0.2     # seconds between a follower's looks at the state file / the leader's publishes
+PROBE_INTERVAL = 0.5  # seconds between a follower's own probes of a replica it saw fail
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
+SIBLINGS_WAIT_POLL = 0.1
+WORKER_BOOT_ERROR = 3  # gunicorn's arbiter halts the whole server on a worker exiting with it
+QUIET_EXIT_WAIT = 5
+
+
+def run_dir() -> Path:
+    """Where the lease and the state file live: NMC_RUN_DIR, else a per-user folder."""
+    configured = os.environ.get("NMC_RUN_DIR")
+    if configured:
+        return Path(configured)
+    base = os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
+    return Path(base) / f"nmc-{os.getuid()}"
+
+
+def fail_boot(message: str) -> None:
+    """End this worker because the cluster cannot run: gunicorn halts on a worker exiting with
+    WORKER_BOOT_ERROR. The first worker of this master to fail says why and exits so; the
+    others (failing the same way a moment later) end quietly, because gunicorn, once halting,
+    prints a traceback for a second worker exiting with that code."""
+    folder = run_dir()
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    master = os.getppid()
+    for stale in folder.glob("boot-failed-*"):  # markers of masters that are gone
+        if not _alive(int(stale.name.rsplit("-", 1)[1])):
+            stale.unlink(missing_ok=True)
+    try:
+        os.close(os.open(folder / f"boot-failed-{master}", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        signal.signal(signal.SIGTERM, lambda signum, frame: os._exit(0))
+        time.sleep(QUIET_EXIT_WAIT)  # the master's halt sends SIGTERM meanwhile
+        os._exit(0)
+    print(f"nmc-server: error: {message}", file=sys.stderr, flush=True)
+    os._exit(WORKER_BOOT_ERROR)
+
+
+def boot_failed() -> bool:
+    """A worker of this master already failed to boot: the server is halting."""
+    return (run_dir() / f"boot-failed-{os.getppid()}").exists()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class Lease:
+    """An exclusive, non-blocking flock on a file: held by one process at a time.
+
+    The file is never removed: a process could still be opening the old one while another
+    creates a new one, and both would then "hold" the lease."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._fd: int | None = None
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def try_acquire(self) -> bool:
+        if self._fd is not None:
+            return True
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        self._fd = fd
+        return True
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the only descriptor drops the lock
+            self._fd = None
+
+
+class StateFile:
+    """The replicas as the leader sees them, shared through one JSON file."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._seen: tuple[int, int] | None = None  # (mtime_ns, size) last read
+
+    @staticmethod
+    def snapshot(pool: Pool) -> list[dict]:
+        return [{"name": r.name, "port": r.port, "state": r.state.value,
+                 "container_id": r.container_id} for r in pool]
+
+    def publish(self, replicas: list[dict]) -> None:
+        data = json.dumps({"leader": os.getpid(), "replicas": replicas}).encode()
+        fd, temporary = tempfile.mkstemp(dir=self.path.parent, prefix=self.path.name + ".")
+        try:
+            os.write(fd, data)
+        finally:
+            os.close(fd)
+        os.replace(temporary, self.path)  # readers see the old file or the new one, never half
+
+    def read_if_changed(self) -> list[dict] | None:
+        """The replicas, when the file changed since the last read; else None."""
+        try:
+            stat = self.path.stat()
+        except FileNotFoundError:
+            return None
+        mark = (stat.st_mtime_ns, stat.st_size)
+        if mark == self._seen:
+            return None
+        try:
+            replicas = json.loads(self.path.read_bytes())["replicas"]
+        except (OSError, ValueError, KeyError):
+            return None  # replaced while we read: the next poll gets the new one
+        self._seen = mark
+        return replicas
+
+
+def apply_snapshot(pool: Pool, replicas: list[dict]) -> None:
+    """Make the worker's pool what the leader published (states are mirrored, not re-logged)."""
+    published = {record["port"]: record for record in replicas}
+    for replica in pool:
+        record = published.get(replica.port)
+        if record is not None:
+            replica.mirror(State(record["state"]), record["container_id"])
+
+
+def master_children(master: int) -> set[int]:
+    """PIDs of the master's child processes (the workers), from /proc."""
+    children = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as stat:
+                fields = stat.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue  # exited meanwhile
+        if int(fields[1]) == master:  # fields after "(comm)": state, ppid, ...
+            children.add(int(entry))
+    return children
+
+
+class Worker:
+    """This worker's part in the cluster: leader or follower, and its pool kept current."""
+
+    def __init__(self, config: Config, pool: Pool):
+        self.config = config
+        self.pool = pool
+        folder = run_dir()
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.lease = Lease(folder / f"{config.name}.lock")
+        self.state_file = StateFile(folder / f"{config.name}.json")
+        self.supervisor: Supervisor | None = None
+        self.checker = HealthChecker(config.health_path, config.check_timeout)
+        self.stopping = gevent.event.Event()  # this worker was told to stop
+        self.master = os.getppid()
+        self._siblings: set[int] = set()      # the master's children as last seen (leader only)
+        self._siblings_at_stop: set[int] | None = None
+        self._probing: set[Replica] = set()
+        self._loop: gevent.Greenlet | None = None
+
+    # -- running -----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Watch for stop signals (chained before the WSGI server's own handlers), at exit hand
+        over or clean up, and run the leader/follower loop in the background."""
+        for signum in STOP_SIGNALS:
+            previous = signal.getsignal(signum)
+            signal.signal(signum, self._chain(previous))
+        atexit.register(self.at_exit)
+        self._loop = gevent.spawn(self._run)
+
+    def _chain(self, previous):
+        def on_stop_signal(signum, frame):
+            self._note_stop()
+            if callable(previous):
+                previous(signum, frame)
+        return on_stop_signal
+
+    def _note_stop(self) -> None:
+        if self._siblings_at_stop is None:
+            self._siblings_at_stop = set(self._siblings)
+        self.stopping.set()
+
+    def _run(self) -> None:
+        # a worker told to stop keeps following the leader while it drains, but never leads;
+        # nor does any once a leader failed to start the cluster (gunicorn is halting)
+        while self.stopping.is_set() or boot_failed() or not self.lease.try_acquire():
+            self._follow_once()
+            gevent.sleep(STATE_POLL)
+        self._lead()
+
+    def _follow_once(self) -> None:
+        """Mirror the leader's latest word; between tries at the lease."""
+        replicas = self.state_file.read_if_changed()
+        if replicas is not None:
+            apply_snapshot(self.pool, replicas)
+
+    def _lead(self) -> None:
+        log.info("worker %d supervises cluster %s", os.getpid(), self.config.name)
+        self._siblings = master_children(self.master)
+        # Adopt from the engine, not from the file: the ids are found again by label.
+        for replica in self.pool:
+            replica.container_id = None
+        try:
+            self.supervisor = Supervisor(self.config, Engine.connect(), pool=self.pool)
+            error = capture(self.supervisor.start)
+        except NmcError as e:
+            error = e
+        if error is not None:
+            self._give_up(error)
+            return
+        self.supervisor.watch()
+        published = None
+        while True:  # until the process ends: at_exit stops the supervisor
+            snapshot = StateFile.snapshot(self.pool)
+            if snapshot != published:
+                self.state_file.publish(snapshot)
+                published = snapshot
+            if not self.stopping.is_set():
+                self._siblings = master_children(self.master)
+            gevent.sleep(STATE_POLL)
+
+    def _give_up(self, error: NmcError) -> None:
+        """The cluster cannot start: remove what was started, say why once, and make gunicorn
+        stop."""
+        if self.supervisor is not None:
+            self.supervisor.stop(remove=True, stop_timeout=1)
+        fail_boot(str(error).replace("\n", " "))
+
+    def report_failure(self, replica: Replica, reason: str) -> None:
+        """A request found `replica` refusing or broken: the leader replaces it, a follower takes
+        it out of its own rotation and probes it until it answers or the leader says more."""
+        if self.supervisor is not None:
+            self.supervisor.report_failure(replica, reason)
+            return
+        if replica.state is State.READY:
+            replica.mirror(State.DOWN, replica.container_id)
+            log.warning("replica %s (port %d): out of this worker's rotation (%s)", replica.name,
+                        replica.port, reason)
+        if replica not in self._probing:
+            self._probing.add(replica)
+            gevent.spawn(self._probe_until_back, replica)
+
+    def _probe_until_back(self, replica: Replica) -> None:
+        try:
+            while replica.state is State.DOWN and not self.stopping.is_set():
+                if self.checker.check(replica.url).ok:
+                    replica.mirror(State.READY, replica.container_id)
+                    return
+                self.stopping.wait(PROBE_INTERVAL)
+        finally:
+            self._probing.discard(replica)
+
+    # -- exit --------------------------------------------------------------------------------
+
+    def at_exit(self) -> None:
+        """The worker process is ending. A leader hands the replicas over to the next leader, or,
+        when the whole server is shutting down, removes them once its siblings are done."""
+        if self.supervisor is None:
+            return
+        self._loop.kill(block=False)
+        shutting_down = self._siblings_at_stop is not None and not self._new_siblings()
+        if not shutting_down:
+            self.supervisor.stop(remove=False, reason="handed over to the next worker")
+            self.lease.release()
+            return
+        self._wait_for_siblings()
+        keep = self.config.keep
+        self.supervisor.stop(remove=not keep, stop_timeout=5)
+        self.state_file.path.unlink(missing_ok=True)  # the lock file stays: see Lease
+        self.lease.release()
+        log.info("stopped%s", " (replicas left running: --keep)" if keep else "")
+
+    def _new_siblings(self) -> set[int]:
+        """Workers the master started after the last look before the stop signal: a reload."""
+        return master_children(self.master) - self._siblings_at_stop - {os.getpid()}
+
+    def _wait_for_siblings(self) -> None:
+        """Until the other workers have ended (they finish their requests on the replicas),
+        bounded by --graceful-timeout."""
+        deadline = time.monotonic() + self.config.graceful_timeout
+        while time.monotonic() < deadline and master_children(self.master) - {os.getpid()}:
+            time.sleep(SIBLINGS_WAIT_POLL)

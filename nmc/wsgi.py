@@ -1,0 +1,85 @@
+"""nmc under gunicorn's gevent worker: `gunicorn -k gevent -w 4 -b 0.0.0.0:3000 nmc.wsgi:app`.
+
+The cluster's settings come from NMC_* environment variables named like the command line's
+options (NMC_REPLICAS=4, NMC_BASE_PORT=3001, NMC_IMAGE=..., NMC_QUIET=1), or from the app
+factory's keyword arguments, which win over them: `'nmc.wsgi:create_app(replicas=4)'`.
+gunicorn's own options (-b, -w, --graceful-timeout, --keep-alive, ...) govern the listener;
+NMC_PORT, NMC_BIND and nmc's connection limits do not apply here.
+
+Each worker relays over the same replicas; one of them supervises (see nmc.workers).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import sys
+
+from gevent import monkey
+
+from nmc.cli import LOG_DATE_FORMAT, LOG_FORMAT
+from nmc.config import Config
+from nmc.errors import NmcError
+from nmc.pool import Pool
+from nmc.proxy import Proxy
+
+log = logging.getLogger(__name__)
+
+def create_app(**options) -> Proxy:
+    """The WSGI application of one worker process; `options` override the NMC_* variables."""
+    from nmc.workers import Worker  # imports the Docker SDK: only once we know gevent is on
+
+    if not monkey.is_module_patched("socket"):
+        _fail("nmc.wsgi needs gunicorn's gevent worker: gunicorn -k gevent ... nmc.wsgi:app "
+              "(and no --preload)")
+    unknown = sorted(set(options) - {f.name for f in dataclasses.fields(Config)})
+    if unknown:
+        _fail(f"create_app: no option named {', '.join(unknown)} (the options are the command "
+              "line's, with '_' for '-': replicas, base_port, image, ...)")
+    try:
+        config = Config.from_env(os.environ, **options)
+    except NmcError as e:
+        _fail(f"{e} (from the NMC_* environment or create_app)")
+    _setup_logging(config.quiet)
+    pool = Pool.for_config(config)
+    worker = Worker(config, pool)
+    proxy = Proxy(pool, worker.report_failure, backend_timeout=config.backend_timeout,
+                  queue_timeout=config.queue_timeout, log_requests=not config.quiet,
+                  served_by=config.served_by)
+    worker.start()
+    return proxy
+
+
+def _fail(message: str):
+    from nmc.workers import fail_boot
+    fail_boot(message)
+
+
+def _setup_logging(quiet: bool) -> None:
+    """nmc's lines on stderr in the seed's format, beside gunicorn's own log."""
+    logger = logging.getLogger("nmc")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter(LOG_FORMAT, LOG_DATE_FORMAT))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+    for noisy in ("urllib3", "docker"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    if quiet:
+        logging.getLogger("nmc.proxy").setLevel(logging.WARNING)
+
+
+_app: Proxy | None = None
+
+
+def __getattr__(name: str):
+    """`nmc.wsgi:app`: made on first access (in the worker, after gevent's patching), so that
+    importing this module starts nothing."""
+    global _app
+    if name == "app":
+        if _app is None:
+            _app = create_app()
+        return _app
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

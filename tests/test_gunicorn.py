@@ -1,0 +1,317 @@
+"""End to end: nmc under gunicorn's gevent worker (nmc/wsgi.py, nmc/workers.py).
+
+gunicorn runs as a user would start it (`gunicorn -k gevent -w N nmc.wsgi:app`, settings in
+NMC_* variables), in its own process, over real sockets and real containers. The points: one
+supervisor however many workers, every worker routing over the same replicas, supervision
+surviving a `kill -9` of the supervising worker, zero restarts and zero failed requests across a
+graceful reload (HUP), and a clean stop (TERM) that removes the replicas.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import sys
+import threading
+import time
+
+import pytest
+import requests
+
+from conftest import IMAGE, NmcProcess, free_port_block, wait_until
+from test_websocket import TEXT, WsClient
+
+SUPERVISES = re.compile(r"worker (\d+) supervises cluster")
+
+
+class Gunicorn:
+    """gunicorn serving nmc.wsgi:app for one test's cluster."""
+
+    def __init__(self, cluster_name: str, run_dir, workers: int = 3, env: dict | None = None,
+                 args: tuple[str, ...] = ()):
+        base = free_port_block(3)
+        self.port = base + 2
+        self.replica_ports = [base, base + 1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process = NmcProcess(
+            ["-k", "gevent", "-w", str(workers), "-b", f"127.0.0.1:{self.port}",
+             "--graceful-timeout", "10", *args, "nmc.wsgi:app"],
+            env={"NMC_NAME": cluster_name, "NMC_BASE_PORT": str(base), "NMC_REPLICAS": "2",
+                 "NMC_IMAGE": IMAGE, "NMC_CHECK_INTERVAL": "1", "NMC_QUIET": "1",
+                 "NMC_RUN_DIR": str(run_dir), **(env or {})},
+            command=[sys.executable, "-m", "gunicorn"])
+
+    @property
+    def master(self) -> int:
+        return self.process.proc.pid
+
+    def leaders(self) -> list[int]:
+        return [int(m.group(1)) for line in self.process.lines if (m := SUPERVISES.search(line))]
+
+    def wait_ready(self) -> int:
+        """Until both replicas answer through gunicorn; the supervising worker's pid."""
+        self.process.wait_for_line(r"supervises cluster", timeout=30)
+        wait_until(lambda: served_by_both(self.url), timeout=30, what="both replicas answering")
+        return self.leaders()[-1]
+
+
+def served_by_both(url: str) -> bool:
+    seen = set()
+    for _ in range(12):
+        try:
+            answer = requests.get(url + "/whoami", headers={"Connection": "close"}, timeout=5)
+        except requests.RequestException:
+            return False
+        if answer.status_code != 200:
+            return False
+        seen.add(answer.headers["X-Served-By"])
+    return len(seen) == 2
+
+
+def container_ids(docker_client, cluster_name: str) -> dict[str, str]:
+    return {c.name: c.id for c in docker_client.containers.list(
+        all=True, filters={"label": f"nmc.cluster={cluster_name}"}, ignore_removed=True)}
+
+
+class SteadyLoad:
+    """Clients sending GETs on fresh connections (so that every worker gets some) until stopped,
+    at most `limit` seconds; the statuses, or exception names, in order."""
+
+    def __init__(self, url: str, clients: int = 4, limit: float = 60):
+        self.url = url
+        self.clients = clients
+        self.statuses: list = []
+        self.failed_at: list[float] = []  # when each failed request was sent (monotonic)
+        self._done = threading.Event()
+        self._deadline = time.monotonic() + limit
+        self._threads = [threading.Thread(target=self._run) for _ in range(clients)]
+        for thread in self._threads:
+            thread.start()
+
+    def _run(self) -> None:
+        while not self._done.is_set() and time.monotonic() < self._deadline:
+            sent = time.monotonic()
+            try:
+                answer = requests.get(self.url + "/whoami", headers={"Connection": "close"},
+                                      timeout=10)
+                self.statuses.append(answer.status_code)
+            except requests.RequestException as e:
+                self.statuses.append(type(e).__name__)
+            if self.statuses[-1] != 200:
+                self.failed_at.append(sent)
+
+    def stop(self) -> list:
+        self._done.set()
+        for thread in self._threads:
+            thread.join(30)
+        return self.statuses
+
+    def failures(self) -> list:
+        return [s for s in self.statuses if s != 200]
+
+
+@pytest.fixture
+def gunicorn(cluster_name, tmp_path):
+    """Start gunicorn for this test's cluster; stopped (TERM, then KILL) at the end."""
+    started: list[Gunicorn] = []
+
+    def start(**kwargs) -> Gunicorn:
+        server = Gunicorn(cluster_name, tmp_path, **kwargs)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.process.stop()
+
+
+def assert_no_traceback(server: Gunicorn) -> None:
+    assert "Traceback" not in server.process.log, server.process.log_summary()
+
+
+# ------------------------------------------------------------------------------------------------
+# one supervisor, shared routing
+
+
+def test_three_workers_run_one_supervisor_over_two_replicas(gunicorn, docker_client, cluster_name):
+    server = gunicorn(workers=3)
+    server.wait_ready()
+    before = container_ids(docker_client, cluster_name)
+    assert sorted(before) == [f"{cluster_name}-{p}" for p in server.replica_ports]
+    time.sleep(3)  # three check intervals: nobody starts a duplicate or replaces anything
+    assert container_ids(docker_client, cluster_name) == before
+    assert len(server.leaders()) == 1, server.process.log_summary()
+    served = [requests.get(server.url + "/whoami", headers={"Connection": "close"},
+                           timeout=5).headers["X-Served-By"] for _ in range(40)]
+    assert set(served) == set(before), served
+    assert_no_traceback(server)
+
+
+def test_every_worker_learns_of_a_replacement_and_no_request_fails(gunicorn, docker_client,
+                                                                    cluster_name):
+    server = gunicorn(workers=3)
+    server.wait_ready()
+    victim = f"{cluster_name}-{server.replica_ports[0]}"
+    old_id = container_ids(docker_client, cluster_name)[victim]
+    start = len(server.process.lines)
+    load = SteadyLoad(server.url)
+    try:
+        time.sleep(0.5)
+        docker_client.containers.get(victim).kill()
+        server.process.wait_for_line(rf"replica {victim} .*starting -> ready", start=start)
+        new_id = container_ids(docker_client, cluster_name)[victim]
+        assert new_id != old_id
+        time.sleep(1.5)  # "within about a second": then every worker routes to the new one
+        served = []
+        for _ in range(30):  # fresh connections: spread over the three workers
+            answer = requests.get(server.url + "/whoami", headers={"Connection": "close"}, timeout=5)
+            assert answer.status_code == 200
+            served.append(answer.headers["X-Served-By"])
+        assert served.count(victim) >= 10, served  # round robin again, the new container in it
+    finally:
+        load.stop()
+    assert load.statuses and not load.failures(), load.failures()[:5]
+    assert len(server.leaders()) == 1
+    assert_no_traceback(server)
+
+
+def test_kill_9_of_the_supervising_worker_hands_supervision_over_without_a_gap(
+        gunicorn, docker_client, cluster_name):
+    server = gunicorn(workers=3)
+    leader = server.wait_ready()
+    before = container_ids(docker_client, cluster_name)
+    load = SteadyLoad(server.url)
+    try:
+        time.sleep(0.5)
+        killed_at = time.monotonic()
+        os.kill(leader, signal.SIGKILL)
+        wait_until(lambda: len(server.leaders()) == 2, timeout=10, what="a new supervising worker")
+        successor = server.leaders()[-1]
+        assert successor != leader
+        time.sleep(1)
+        assert container_ids(docker_client, cluster_name) == before  # adopted: zero restarts
+        # and it supervises: a killed replica is replaced by the new leader
+        start = len(server.process.lines)
+        victim = f"{cluster_name}-{server.replica_ports[1]}"
+        docker_client.containers.get(victim).kill()
+        server.process.wait_for_line(rf"replica {victim} .*starting -> ready", start=start)
+    finally:
+        load.stop()
+    # The requests that the killed worker was handling die with it (as with any server's
+    # process), at most one per client; none fails afterwards, while supervision moves over.
+    assert len(load.statuses) > 20
+    assert len(load.failures()) <= load.clients, load.failures()
+    assert all(killed_at - 10 <= sent <= killed_at for sent in load.failed_at), \
+        [round(sent - killed_at, 3) for sent in load.failed_at]
+    assert_no_traceback(server)
+
+
+# ------------------------------------------------------------------------------------------------
+# reload and stop
+
+
+def test_hup_reload_under_load_keeps_the_replicas_and_fails_no_request(gunicorn, docker_client,
+                                                                        cluster_name):
+    server = gunicorn(workers=2)
+    leader = server.wait_ready()
+    before = {c.name: (c.id, c.attrs["State"]["StartedAt"]) for c in docker_client.containers.list(
+        filters={"label": f"nmc.cluster={cluster_name}"})}
+    load = SteadyLoad(server.url)
+    try:
+        time.sleep(1)
+        os.kill(server.master, signal.SIGHUP)
+        wait_until(lambda: len(server.leaders()) == 2, timeout=15,
+                   what="a worker of the new generation supervising")
+        assert server.leaders()[-1] != leader
+        time.sleep(2)
+    finally:
+        load.stop()
+    after = {c.name: (c.id, c.attrs["State"]["StartedAt"]) for c in docker_client.containers.list(
+        filters={"label": f"nmc.cluster={cluster_name}"})}
+    assert after == before  # same containers, never restarted
+    assert "handed over to the next worker" in server.process.log
+    assert len(load.statuses) > 20 and not load.failures(), load.failures()[:5]
+    assert_no_traceback(server)
+
+
+def test_term_lets_requests_finish_then_removes_the_replicas(gunicorn, docker_client, cluster_name):
+    server = gunicorn(workers=2)
+    server.wait_ready()
+    answers: list = []
+
+    def slow_request():
+        answers.append(requests.get(server.url + "/slow?ms=2000", timeout=20).status_code)
+
+    slow = threading.Thread(target=slow_request)
+    slow.start()
+    time.sleep(0.5)
+    os.kill(server.master, signal.SIGTERM)
+    assert server.process.wait_exit(40) == 0
+    slow.join(10)
+    assert answers == [200]
+    assert container_ids(docker_client, cluster_name) == {}
+    assert "stopped" in server.process.log
+    assert_no_traceback(server)
+
+
+def test_term_with_keep_leaves_the_replicas_running(gunicorn, docker_client, cluster_name):
+    server = gunicorn(workers=2, env={"NMC_KEEP": "1"})
+    server.wait_ready()
+    before = container_ids(docker_client, cluster_name)
+    os.kill(server.master, signal.SIGTERM)
+    assert server.process.wait_exit(40) == 0
+    running = {c.name: c.id for c in docker_client.containers.list(
+        filters={"label": f"nmc.cluster={cluster_name}"})}
+    assert running == before
+
+
+# ------------------------------------------------------------------------------------------------
+# the relay under gunicorn
+
+
+def test_websocket_and_streaming_work_under_gunicorn(gunicorn):
+    server = gunicorn(workers=2)
+    server.wait_ready()
+    client = WsClient(server.port)
+    try:
+        for i in range(50):
+            client.send(TEXT, b"message %d" % i)
+            fin, opcode, payload = client.recv()
+            assert (fin, opcode, payload) == (True, TEXT, b"message %d" % i)
+    finally:
+        client.close()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(b"GET /stream?n=4&ms=400 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        arrivals = []
+        data = b""
+        while True:
+            piece = sock.recv(65536)
+            if not piece:
+                break
+            data += piece
+            arrivals.append((time.monotonic(), data.count(b"chunk ")))
+    assert all(b"chunk %d\n" % i in data for i in range(4)), data
+    first = next(t for t, seen in arrivals if seen >= 1)
+    last = next(t for t, seen in arrivals if seen >= 4)
+    assert last - first >= 0.8, "the chunks arrived together: buffered"
+
+
+# ------------------------------------------------------------------------------------------------
+# bad settings: one line, gunicorn stops
+
+
+@pytest.mark.parametrize("env, args, message", [
+    ({"NMC_REPLICAS": "many"}, (), "--replicas must be a whole number"),
+    ({"NMC_IMAGE": "nmc-no-such-image"}, (), "nmc-no-such-image"),
+    ({}, ("-k", "sync"), "needs gunicorn's gevent worker"),
+])
+def test_bad_settings_stop_gunicorn_with_one_line(gunicorn, docker_client, cluster_name,
+                                                  env, args, message):
+    server = gunicorn(workers=2, env=env, args=args)  # a -k in args comes last: it wins
+    assert server.process.wait_exit(60) != 0
+    errors = [line for line in server.process.lines if "nmc-server: error:" in line]
+    assert errors and message in errors[0], server.process.log_summary()
+    assert_no_traceback(server)
+    assert container_ids(docker_client, cluster_name) == {}

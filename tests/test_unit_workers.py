@@ -1,0 +1,42 @@
+"""The pieces that let gunicorn's workers share one cluster: the lease, the state file."""
+
+import os
+
+from nmc.pool import Pool, Replica, State
+from nmc.workers import Lease, StateFile, apply_snapshot, master_children
+
+
+def pool_of(*ports: int) -> Pool:
+    return Pool([Replica(f"nmc-{port}", port) for port in ports])
+
+
+def test_the_lease_is_held_by_one_holder_at_a_time(tmp_path):
+    first, second = Lease(tmp_path / "c.lock"), Lease(tmp_path / "c.lock")
+    assert first.try_acquire()
+    assert not second.try_acquire()
+    assert first.try_acquire()  # holding it already
+    first.release()
+    assert second.try_acquire()
+    second.release()
+
+
+def test_followers_mirror_what_the_leader_published(tmp_path):
+    leader, follower = pool_of(3001, 3002), pool_of(3001, 3002)
+    leader.replicas[0].change_state(State.READY)
+    leader.replicas[0].container_id = "abc"
+    leader.replicas[1].change_state(State.DOWN)
+    written, reader = StateFile(tmp_path / "c.json"), StateFile(tmp_path / "c.json")
+    written.publish(StateFile.snapshot(leader))
+    replicas = reader.read_if_changed()
+    apply_snapshot(follower, replicas)
+    assert [(r.state, r.container_id) for r in follower] == [(State.READY, "abc"), (State.DOWN, None)]
+    assert follower.next_ready() is follower.replicas[0]
+    assert reader.read_if_changed() is None  # unchanged since the last read
+
+
+def test_a_state_file_not_yet_written_reads_as_nothing(tmp_path):
+    assert StateFile(tmp_path / "none.json").read_if_changed() is None
+
+
+def test_master_children_finds_this_process_under_its_parent():
+    assert os.getpid() in master_children(os.getppid())
