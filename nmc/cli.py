@@ -22,7 +22,7 @@ USAGE = """\
 nmc-server: N replicas of a Node.js site in Docker, behind one port, relayed round-robin.
 
 Usage:
-  nmc-server [options]
+  nmc-server [options] [-e KEY=VALUE]...
   nmc-server -h | --help
   nmc-server -v | --version
 
@@ -33,7 +33,10 @@ Options:
   --base-port PORT           Host port of the first replica; the others follow it
                              (3001, 3002, ...) [default: 3001].
   --image IMAGE              Docker image of the site [default: nodejs.org].
-  --container-port PORT      Port the site listens on inside its container [default: 8080].
+  --container-port PORT      Port the site listens on inside its container; replicas get
+                             it as PORT too [default: 8080].
+  -e, --env KEY=VALUE        Set a variable in every replica's environment (repeatable).
+  --env-file FILE            Read replica variables from FILE: KEY=VALUE lines, # comments.
   --name NAME                Cluster name: replicas are named NAME-PORT and labelled
                              nmc.cluster=NAME [default: nmc].
   --health-path PATH         URL path that answers 2xx while a replica is alive

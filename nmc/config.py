@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import re
 from dataclasses import dataclass
 from typing import Mapping
@@ -45,6 +46,9 @@ class Config:
     served_by: bool = True
     quiet: bool = False
     keep: bool = False
+    env_file: str = ""
+    # The environment of every replica: --env-file's variables, then -e's (which win).
+    env: tuple[tuple[str, str], ...] = ()
 
     @property
     def replica_ports(self) -> list[int]:
@@ -52,6 +56,11 @@ class Config:
 
     def replica_name(self, host_port: int) -> str:
         return f"{self.name}-{host_port}"
+
+    @property
+    def replica_env(self) -> dict[str, str]:
+        """The variables every replica gets; PORT is the container port, for apps that read it."""
+        return {**dict(self.env), "PORT": str(self.container_port)}
 
     def validate(self) -> "Config":
         _check_port("--port", self.port)
@@ -88,6 +97,10 @@ class Config:
             raise UsageError(f"--max-connections must be at least 1, not {self.max_connections}")
         if self.graceful_timeout < 0:
             raise UsageError("--graceful-timeout must not be negative")
+        port = dict(self.env).get("PORT")
+        if port is not None and port != str(self.container_port):
+            raise UsageError(f"PORT={port} in the replicas' environment differs from "
+                             f"--container-port {self.container_port}: set --container-port instead")
         return self
 
     @classmethod
@@ -99,6 +112,8 @@ class Config:
                 continue
             raw = values[f.name]
             option = "--" + f.name.replace("_", "-")
+            if f.name == "env":
+                continue  # below, with --env-file
             if f.type == "bool":
                 kwargs[f.name] = _parse_bool(option, raw)
             elif f.type == "int":
@@ -107,6 +122,7 @@ class Config:
                 kwargs[f.name] = _parse_number(option, raw, float)
             else:
                 kwargs[f.name] = str(raw)
+        kwargs["env"] = _read_env(values.get("env"), kwargs.get("env_file", ""))
         return cls(**kwargs).validate()
 
     @classmethod
@@ -115,6 +131,42 @@ class Config:
         values = {f.name: environ.get("NMC_" + f.name.upper()) for f in dataclasses.fields(cls)}
         values.update({k: str(v) if not isinstance(v, bool) else v for k, v in overrides.items()})
         return cls.from_strings(values)
+
+
+_ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _read_env(items, env_file: str) -> tuple[tuple[str, str], ...]:
+    """--env-file's variables, then the -e KEY=VALUE items (a list, or from NMC_ENV one per
+    line), later ones winning. The file has docker's format: KEY=VALUE lines, `#` comments,
+    and a bare KEY takes its value from nmc's own environment."""
+    env: dict[str, str] = {}
+    if env_file:
+        try:
+            with open(env_file, encoding="utf-8") as lines:
+                for number, line in enumerate(lines, start=1):
+                    line = line.strip()
+                    if line and not line.startswith("#"):
+                        _add_env(env, line, f"--env-file {env_file} line {number}")
+        except OSError as e:
+            raise UsageError(f"--env-file {env_file}: {e.strerror}") from None
+        except UnicodeDecodeError:
+            raise UsageError(f"--env-file {env_file}: not a text file") from None
+    if isinstance(items, str):
+        items = items.splitlines()
+    for item in items or ():
+        _add_env(env, item, f"-e {item!r}")
+    return tuple(env.items())
+
+
+def _add_env(env: dict[str, str], item: str, where: str) -> None:
+    key, has_value, value = item.partition("=")
+    if not _ENV_NAME_RE.match(key):
+        raise UsageError(f"{where}: expected KEY=VALUE with KEY made of letters, digits and '_'")
+    if has_value:
+        env[key] = value
+    elif key in os.environ:
+        env[key] = os.environ[key]
 
 
 def _check_port(option: str, value: int) -> None:

@@ -105,7 +105,7 @@ class Supervisor:
     def _spec(self, replica: Replica) -> ReplicaSpec:
         return ReplicaSpec(cluster=self.config.name, name=replica.name, image=self.config.image,
                            host_port=replica.port, container_port=self.config.container_port,
-                           host_ip=REPLICA_HOST)
+                           host_ip=REPLICA_HOST, env=self.config.replica_env)
 
     def _start(self, replica: Replica) -> None:
         """Run a fresh container for `replica` and wait until it answers; READY on success."""

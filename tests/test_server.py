@@ -242,3 +242,17 @@ def test_docker_stop_takes_a_replica_out_at_once_and_no_request_fails(cluster, d
         done.set()
         load.join(30)
     assert statuses and set(statuses) == {200}, [s for s in statuses if s != 200][:5]
+
+
+def test_replicas_get_the_env_options_and_port(run_nmc, cluster_name, docker_client, tmp_path):
+    env_file = tmp_path / "site.env"
+    env_file.write_text("GREETING=from the file\nLEVEL=file\n")
+    base = free_port_block(3)
+    process = run_nmc("--name", cluster_name, "--bind", "127.0.0.1", "--port", str(base + 2),
+                      "--base-port", str(base), "-n", "2", "--env-file", str(env_file),
+                      "-e", "LEVEL=cli", "-e", "EXTRA=a b=c")
+    process.wait_serving()
+    for port in (base, base + 1):
+        env = docker_client.containers.get(f"{cluster_name}-{port}").attrs["Config"]["Env"]
+        assert {"GREETING=from the file", "LEVEL=cli", "EXTRA=a b=c", "PORT=8080"} <= set(env), env
+    assert get(f"http://127.0.0.1:{base + 2}/healthz").status_code == 200

@@ -103,3 +103,27 @@ def test_the_launcher_run_without_gevent_says_what_to_do(tmp_path):
     assert result.returncode == 1
     assert result.stderr.startswith("nmc-server: error: gevent is not installed for ")
     assert "make run" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_replica_environment_from_env_file_then_e_options(tmp_path, monkeypatch):
+    env_file = tmp_path / "site.env"
+    env_file.write_text("# settings\nGREETING=hello\nMODE=file\n\nFROM_NMC\nEMPTY=\n")
+    monkeypatch.setenv("FROM_NMC", "inherited")
+    config = parse_args(["--env-file", str(env_file), "-e", "MODE=cli", "--env", "URL=a=b"])
+    assert config.replica_env == {"GREETING": "hello", "MODE": "cli", "FROM_NMC": "inherited",
+                                  "EMPTY": "", "URL": "a=b", "PORT": "8080"}
+    assert parse_args(["--container-port", "9000"]).replica_env == {"PORT": "9000"}
+    assert Config.from_env({"NMC_ENV": "A=1\nB=2"}).replica_env == {"A": "1", "B": "2", "PORT": "8080"}
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["-e", "NOEQUALS-SIGN"], "-e 'NOEQUALS-SIGN': expected KEY=VALUE"),
+    (["-e", "=value"], "expected KEY=VALUE"),
+    (["-e", "PORT=1234"], "PORT=1234 in the replicas' environment differs from --container-port 8080"),
+    (["--env-file", "/nonexistent/site.env"], "--env-file /nonexistent/site.env: No such file"),
+])
+def test_bad_replica_environment_gives_one_line(argv, message):
+    with pytest.raises(UsageError) as error:
+        parse_args(argv)
+    assert message in str(error.value)
+    assert "\n" not in str(error.value)
