@@ -22,7 +22,8 @@ USAGE = """\
 nmc-server: N replicas of a Node.js site in Docker, behind one port, relayed round-robin.
 
 Usage:
-  nmc-server [options] [-e KEY=VALUE]...
+  nmc-server [options] [--name NAME] [-e KEY=VALUE]...
+  nmc-server logs [-f] [--name NAME]
   nmc-server -h | --help
   nmc-server -v | --version
 
@@ -65,12 +66,17 @@ Options:
   --keep                     Leave the replicas running on exit; the next start with the
                              same --name adopts them.
   -q, --quiet                No log line per request.
+  -f, --follow               (logs) Keep printing new lines, also of replicas started later.
   -h, --help                 Show this help and exit.
   -v, --version              Show the version and exit.
+
+`logs` prints the replicas' logs merged, each line prefixed with its replica.
 
 Replicas publish their port on 127.0.0.1 only. Ctrl-C or SIGTERM stops the server: in-flight
 requests finish, then the replicas are removed (unless --keep); a second Ctrl-C stops at once.
 """
+
+COMMANDS = ("logs",)
 
 # Go's log package format, as the original printed: 2020/08/05 22:16:19 message
 LOG_FORMAT = "%(asctime)s %(message)s"
@@ -78,15 +84,34 @@ LOG_DATE_FORMAT = "%Y/%m/%d %H:%M:%S"
 
 
 def parse_args(argv: list[str]) -> Config:
-    """Options -> Config; UsageError (one line) for anything docopt or validation rejects."""
+    """The server's options -> Config; UsageError (one line) for anything docopt or validation
+    rejects."""
+    return _config_from(_parse(argv))
+
+
+def _parse(argv: list[str]) -> dict:
     try:
-        args = docopt(USAGE, argv=argv, default_help=False)
+        return docopt(USAGE, argv=argv, default_help=False)
     except DocoptExit as e:
         raise UsageError(_docopt_problem(e, argv)) from None
+
+
+def _config_from(args: dict) -> Config:
     values = {key.lstrip("-").replace("-", "_"): value for key, value in args.items()
-              if key.startswith("--")}
+              if key.startswith("--") and key not in ("--follow",)}
     values["served_by"] = not values.pop("no_served_by")
     return Config.from_strings(values)
+
+
+def _logs(args: dict) -> int:
+    from nmc.logs import show_logs  # imports docker
+
+    try:
+        return show_logs(args["--name"], follow=args["--follow"])
+    except NmcError as e:
+        return _fail(e)
+    except KeyboardInterrupt:
+        return 0
 
 
 def _docopt_problem(error: DocoptExit, argv: list[str]) -> str:
@@ -108,7 +133,7 @@ def _docopt_problem(error: DocoptExit, argv: list[str]) -> str:
                 if options["-" + letter]:
                     expects_value = index == len(arg)
                     break
-        else:
+        elif arg not in COMMANDS:
             return f"unexpected argument {arg!r} (see nmc-server --help)"
     text = str(error).strip().splitlines()[0] if str(error).strip() else ""
     if "requires argument" in text:
@@ -136,7 +161,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"nmc-server {__version__}")
         return 0
     try:
-        config = parse_args(argv)
+        args = _parse(argv)
+        if args["logs"]:
+            return _logs(args)
+        config = _config_from(args)
     except UsageError as e:
         return _fail(e)
     spinner = Spinner(sys.stdout)

@@ -288,6 +288,40 @@ class Engine:
         return raw.decode("utf-8", "replace").splitlines()
 
 
+    @_engine_call("read a container's logs")
+    def logs_until(self, container: str, until: float) -> list[tuple[str, str]]:
+        """Every line the container logged before `until` (epoch seconds), as (RFC 3339
+        timestamp, text)."""
+        try:
+            raw = self.client.api.logs(container, timestamps=True, until=until)
+        except docker.errors.NotFound:
+            return []
+        return [tuple(line.split(" ", 1)) if " " in line else (line, "")
+                for line in raw.decode("utf-8", "replace").splitlines()]
+
+    def follow_logs(self, container: str, since: float | None = None):
+        """The container's lines from `since` (epoch seconds; None: from its start) on, as they
+        come, until it stops; nothing when it is gone already."""
+        try:
+            chunks = self.client.api.logs(container, stream=True, follow=True,
+                                          **({"since": since} if since else {}))
+        except docker.errors.NotFound:
+            return
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as e:
+            raise EngineError(f"cannot read the logs of {container[:12]}: {_first_line(e)}") from e
+        pending = b""
+        try:
+            for chunk in chunks:
+                pending += chunk
+                *lines, pending = pending.split(b"\n")
+                for line in lines:
+                    yield line.decode("utf-8", "replace")
+        except (docker.errors.DockerException, requests.exceptions.RequestException, OSError):
+            pass  # the container or the engine went away: its lines end here
+        if pending:
+            yield pending.decode("utf-8", "replace")
+
+
 class EventStream:
     """Iterates ContainerEvents until the engine goes away (then EngineUnreachable); close() ends it."""
 

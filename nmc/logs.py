@@ -1,0 +1,87 @@
+"""`nmc-server logs [-f]`: the replicas' logs merged, each line prefixed with its replica.
+
+Like `docker compose logs`: without -f, every line logged so far, in time order; with -f, the
+same and then new lines as they come, including those of replicas started later (a
+replacement), until Ctrl-C. The cluster is found by its label (`--name`), so this works for a
+cluster run by ./nmc_server.py and by gunicorn alike.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import gevent
+
+from nmc.containers import ContainerInfo, Engine, EngineError
+from nmc.errors import NmcError
+
+COLORS = ("36", "33", "32", "35", "34", "31")  # cyan, yellow, green, magenta, blue, red
+
+
+class NoReplicas(NmcError):
+    pass
+
+
+class LogPrinter:
+    """Writes `name | line`, names padded to one width, coloured per replica on a terminal."""
+
+    def __init__(self, out, names: list[str]):
+        self.out = out
+        self.width = max((len(n) for n in names), default=0)
+        self.color = out.isatty()
+        self._colors: dict[str, str] = {}
+
+    def line(self, name: str, text: str) -> None:
+        prefix = f"{name:<{self.width}} |"
+        if self.color:
+            code = self._colors.setdefault(name, COLORS[len(self._colors) % len(COLORS)])
+            prefix = f"\x1b[{code}m{prefix}\x1b[0m"
+        self.out.write(f"{prefix} {text}\n")
+        self.out.flush()
+
+
+def show_logs(cluster: str, follow: bool, out=sys.stdout) -> int:
+    engine = Engine.connect()
+    replicas = sorted(engine.list_cluster(cluster), key=lambda info: info.name)
+    if not replicas and not follow:
+        raise NoReplicas(f"no replicas of cluster {cluster!r} on this Docker engine "
+                         "(is it running? is --name right?)")
+    printer = LogPrinter(out, [info.name for info in replicas] or [cluster + "-00000"])
+    started = time.time()
+    history = [(stamp, info.name, text) for info in replicas
+               for stamp, text in engine.logs_until(info.id, started)]
+    for _stamp, name, text in sorted(history):  # RFC 3339 stamps in UTC sort as text
+        printer.line(name, text)
+    if follow:
+        _follow(engine, cluster, replicas, printer, since=started)
+    return 0
+
+
+def _follow(engine: Engine, cluster: str, replicas: list[ContainerInfo], printer: LogPrinter,
+            since: float) -> None:
+    """New lines of every replica, and of each one that starts later, until interrupted."""
+    following: set[str] = set()
+
+    def attach(container_id: str, name: str, from_time: float | None) -> None:
+        if container_id in following:
+            return
+        following.add(container_id)
+        gevent.spawn(_relay_lines, engine, container_id, name, from_time, printer)
+
+    events = engine.events(cluster)  # opened before attaching: no start is missed
+    for info in replicas:
+        if info.running:
+            attach(info.id, info.name, since)
+    for event in events:
+        if event.action == "start":
+            attach(event.container_id, event.name, None)  # all its lines: it is new
+
+
+def _relay_lines(engine: Engine, container_id: str, name: str, since: float | None,
+                 printer: LogPrinter) -> None:
+    try:
+        for text in engine.follow_logs(container_id, since):
+            printer.line(name, text)
+    except EngineError as e:
+        printer.line(name, f"(logs unavailable: {e})")
