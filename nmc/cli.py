@@ -22,7 +22,11 @@ USAGE = """\
 nmc-server: N replicas of a Node.js site in Docker, behind one port, relayed round-robin.
 
 Usage:
-  nmc-server [options] [--name NAME] [-e KEY=VALUE]...
+  nmc-server [options] [--name NAME] [--image IMAGE] [--max-surge N] [--admin-port PORT]
+             [-e KEY=VALUE]...
+  nmc-server status [--admin-port PORT]
+  nmc-server scale N [--admin-port PORT]
+  nmc-server rollout [--image IMAGE] [--max-surge N] [--admin-port PORT]
   nmc-server logs [-f] [--name NAME]
   nmc-server -h | --help
   nmc-server -v | --version
@@ -63,6 +67,11 @@ Options:
   --max-connections N        Open client connections at most; past it new ones get a 503
                              [default: 10000].
   --no-served-by             Do not name the replica in an X-Served-By answer header.
+  --max-surge N              Replicas a rollout starts at a time, before it removes as
+                             many old ones [default: 1].
+  --admin-port PORT          Port of the admin interface (status, scale, rollout), which
+                             the subcommands talk to; 0 turns it off [default: 3100].
+  --admin-bind ADDRESS       Address of the admin interface [default: 127.0.0.1].
   --keep                     Leave the replicas running on exit; the next start with the
                              same --name adopts them.
   -q, --quiet                No log line per request.
@@ -70,13 +79,21 @@ Options:
   -h, --help                 Show this help and exit.
   -v, --version              Show the version and exit.
 
-`logs` prints the replicas' logs merged, each line prefixed with its replica.
+Subcommands, for a running cluster:
+  status                     Print its replicas: state, requests, restarts, ...
+  scale N                    Grow or shrink it to N replicas (new ones join once ready,
+                             leaving ones finish their requests first).
+  rollout                    Replace every replica, one at a time, by one of --image (or of
+                             the rebuilt image); a new replica that never gets ready stops
+                             it and rolls back. SIGHUP to nmc-server does the same.
+  logs                       Print the replicas' logs merged, each line prefixed with its
+                             replica (-f: keep following).
 
 Replicas publish their port on 127.0.0.1 only. Ctrl-C or SIGTERM stops the server: in-flight
 requests finish, then the replicas are removed (unless --keep); a second Ctrl-C stops at once.
 """
 
-COMMANDS = ("logs",)
+COMMANDS = ("status", "scale", "rollout", "logs")
 
 # Go's log package format, as the original printed: 2020/08/05 22:16:19 message
 LOG_FORMAT = "%(asctime)s %(message)s"
@@ -101,6 +118,34 @@ def _config_from(args: dict) -> Config:
               if key.startswith("--") and key not in ("--follow",)}
     values["served_by"] = not values.pop("no_served_by")
     return Config.from_strings(values)
+
+
+def _admin_command(args: dict, argv: list[str]) -> int:
+    """status, scale N, rollout: requests to the running cluster's admin port."""
+    from nmc import admin
+
+    port = Config.from_strings({"admin_port": args["--admin-port"]}).admin_port
+    if not port:
+        raise UsageError("--admin-port 0: the subcommands need the admin port of the cluster")
+    try:
+        if args["status"]:
+            print(admin.format_status(admin.call(port, "GET", "/status")))
+        elif args["scale"]:
+            count = args["N"]
+            if not count.isdigit():
+                raise UsageError(f"scale N: N must be a whole number, not {count!r}")
+            print(admin.call(port, "POST", "/scale", {"replicas": int(count)})["message"])
+        else:
+            # without --image: the image the cluster runs now, rebuilt (docopt would say nodejs.org)
+            given = any(arg == "--image" or arg.startswith("--image=") for arg in argv)
+            image = args["--image"] if given else None
+            body = {"max_surge": Config.from_strings({"max_surge": args["--max-surge"]}).max_surge}
+            if image:
+                body["image"] = image
+            print(admin.call(port, "POST", "/rollout", body)["message"])
+    except NmcError as e:
+        return _fail(e)
+    return 0
 
 
 def _logs(args: dict) -> int:
@@ -164,6 +209,8 @@ def main(argv: list[str] | None = None) -> int:
         args = _parse(argv)
         if args["logs"]:
             return _logs(args)
+        if args["status"] or args["scale"] or args["rollout"]:
+            return _admin_command(args, argv)
         config = _config_from(args)
     except UsageError as e:
         return _fail(e)

@@ -43,6 +43,9 @@ class Config:
     header_timeout: float = 10.0
     idle_timeout: float = 60.0
     max_connections: int = 10000
+    max_surge: int = 1
+    admin_port: int = 3100  # 0: no admin interface
+    admin_bind: str = "127.0.0.1"
     served_by: bool = True
     quiet: bool = False
     keep: bool = False
@@ -66,6 +69,15 @@ class Config:
         _check_port("--port", self.port)
         _check_port("--base-port", self.base_port)
         _check_port("--container-port", self.container_port)
+        if self.admin_port:
+            _check_port("--admin-port", self.admin_port)
+            if self.admin_port == self.port:
+                raise UsageError(f"--admin-port {self.admin_port} is the same as --port: the "
+                                 "admin interface needs a port of its own (0 turns it off)")
+        elif self.admin_port < 0:
+            raise UsageError("--admin-port must be a port number, or 0 for none")
+        if not 1 <= self.max_surge <= MAX_REPLICAS:
+            raise UsageError(f"--max-surge must be from 1 to {MAX_REPLICAS}, not {self.max_surge}")
         if not 1 <= self.replicas <= MAX_REPLICAS:
             raise UsageError(f"--replicas must be from 1 to {MAX_REPLICAS}, not {self.replicas}")
         last = self.base_port + self.replicas - 1
@@ -75,6 +87,9 @@ class Config:
         if self.base_port <= self.port <= last:
             raise UsageError(f"--port {self.port} falls inside the replicas' ports "
                              f"{self.base_port}-{last}; pick another --port or --base-port")
+        if self.base_port <= self.admin_port <= last:
+            raise UsageError(f"--admin-port {self.admin_port} falls inside the replicas' ports "
+                             f"{self.base_port}-{last}; pick another --admin-port or --base-port")
         if not _NAME_RE.match(self.name):
             raise UsageError(f"--name {self.name!r} is not a valid container name "
                              "(letters, digits, '_', '.', '-'; starting with a letter or digit)")

@@ -20,6 +20,7 @@ class State(enum.Enum):
     STARTING = "starting"  # container being created, or not yet answering its health URL
     READY = "ready"        # in the rotation
     DOWN = "down"          # failed a check or a request: out of the rotation, to be replaced
+    DRAINING = "draining"  # out of the rotation on purpose (scale down, rollout), finishing requests
     STOPPING = "stopping"  # being removed on purpose
     STOPPED = "stopped"    # removed, or left running for the next start (--keep)
 
@@ -32,6 +33,7 @@ class Replica:
     port: int
     host: str = REPLICA_HOST
     container_id: str | None = None
+    image_id: str | None = None     # the image its container runs
     state: State = State.STARTING
     since: float = field(default_factory=time.monotonic)
     ready_at: float | None = None   # when it last joined the rotation
@@ -40,6 +42,10 @@ class Replica:
     stopped_from_outside: bool = False  # its container was killed or paused by someone: no crash
     check_fails: int = 0            # health checks failed in a row
     check_passes: int = 0           # health checks passed in a row
+    in_flight: int = 0              # requests relayed to it that have not finished
+    requests: int = 0               # requests relayed to it
+    errors: int = 0                 # of those, failed to connect or broke (502/504)
+    last_exit_code: int | None = None  # of its last container that exited
 
     @property
     def url(self) -> str:
@@ -91,7 +97,26 @@ class Pool:
         return cls([Replica(config.replica_name(port), port) for port in config.replica_ports])
 
     def __iter__(self):
-        return iter(self.replicas)
+        return iter(list(self.replicas))  # a snapshot: scaling may change the list meanwhile
+
+    def add(self, replica: Replica) -> None:
+        """A new replica, in port order (it joins the rotation once READY)."""
+        self.replicas.append(replica)
+        self.replicas.sort(key=lambda r: r.port)
+
+    def remove(self, replica: Replica) -> None:
+        if replica in self.replicas:
+            self.replicas.remove(replica)
+
+    def free_ports(self, base_port: int, count: int) -> list[int]:
+        """The `count` lowest ports from base_port on that no replica of the pool uses."""
+        used = {r.port for r in self.replicas}
+        ports, port = [], base_port
+        while len(ports) < count:
+            if port not in used:
+                ports.append(port)
+            port += 1
+        return ports
 
     def __len__(self) -> int:
         return len(self.replicas)
@@ -102,6 +127,8 @@ class Pool:
     def next_ready(self, skip: tuple[Replica, ...] = ()) -> Replica | None:
         """The next ready replica after the last one chosen, skipping `skip`; None if none is."""
         count = len(self.replicas)
+        if count == 0:
+            return None
         for step in range(count):
             index = (self._cursor + step) % count
             replica = self.replicas[index]

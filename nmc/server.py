@@ -19,6 +19,7 @@ import gevent.queue
 from gevent.pywsgi import WSGIHandler, WSGIServer
 
 from nmc import request_head
+from nmc.admin import AdminApp
 from nmc.config import Config
 from nmc.containers import Engine
 from nmc.errors import NmcError, UsageError, capture
@@ -245,7 +246,7 @@ class ProxyServer(WSGIServer):
         return bool(drained)
 
 
-def bind_listener(address: str, port: int) -> socket.socket:
+def bind_listener(address: str, port: int, option: str = "--port") -> socket.socket:
     sock = socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -257,7 +258,7 @@ def bind_listener(address: str, port: int) -> socket.socket:
         sock.close()
         if e.errno == errno.EADDRINUSE:
             raise PortInUse(f"port {port} on {address} is already in use: stop what holds it or "
-                            "choose another --port") from None
+                            f"choose another {option}") from None
         if e.errno == errno.EACCES:
             raise PortInUse(f"no permission to listen on port {port}: choose a port above 1023 "
                             "or run as root") from None
@@ -276,6 +277,7 @@ class NmcServer:
         self.signals: gevent.queue.Queue[str] = gevent.queue.Queue()
         self.supervisor: Supervisor | None = None
         self.http: WSGIServer | None = None
+        self.admin: WSGIServer | None = None
 
     def run(self, progress=None) -> int:
         """Start the cluster and serve until SIGINT/SIGTERM; returns the exit code.
@@ -284,8 +286,13 @@ class NmcServer:
         """
         for signum in (signal.SIGINT, signal.SIGTERM):
             gevent.signal_handler(signum, self.signals.put, signal.Signals(signum).name)
+        gevent.signal_handler(signal.SIGHUP, self._on_sighup)
         listener = bind_listener(self.config.bind, self.config.port)
+        admin_listener = None
         try:
+            if self.config.admin_port:
+                admin_listener = bind_listener(self.config.admin_bind, self.config.admin_port,
+                                               "--admin-port (0 turns it off)")
             engine = Engine.connect()
             self.supervisor = Supervisor(self.config, engine)
             with (progress or _no_progress)("Starting cluster..."):
@@ -303,11 +310,21 @@ class NmcServer:
             shown = "localhost" if self.config.bind in ("0.0.0.0", "::") else self.config.bind
             log.info("serving on http://%s:%d (%d replicas, ports %d-%d)", shown, self.config.port,
                      self.config.replicas, self.config.base_port, self.config.replica_ports[-1])
+            if admin_listener is not None:
+                self.admin = WSGIServer(admin_listener, AdminApp(self.config, self.supervisor),
+                                        log=None, error_log=_ErrorLog())
+                self.admin.start()
+                log.info("admin interface on http://%s:%d (status, scale, rollout)",
+                         self.config.admin_bind, self.config.admin_port)
             while self.http is not None:
                 getattr(self, "handle_" + self.signals.get().lower())()
             return 0
         finally:
             listener.close()
+            if self.admin is not None:
+                self.admin.stop(timeout=0)
+            if admin_listener is not None:
+                admin_listener.close()
             if self.supervisor is not None and not self.supervisor.stopping:
                 self.supervisor.stop(remove=not self.config.keep, stop_timeout=FORCED_STOP_TIMEOUT)
 
@@ -333,6 +350,27 @@ class NmcServer:
 
     handle_sigterm = handle_sigint
 
+    def _on_sighup(self) -> None:
+        if self.http is None:  # starting or stopping: nothing to roll out
+            log.warning("SIGHUP ignored: nmc-server is not serving yet, or stopping")
+            return
+        self.signals.put("SIGHUP")
+
+    def _next_stop_signal(self) -> str:
+        while True:
+            name = self.signals.get()
+            if name != "SIGHUP":  # queued just before the stop began: no rollout now
+                return name
+
+    def handle_sighup(self) -> None:
+        """A rollout of the image, rebuilt (e.g. by `make nodejs`), in the background."""
+        def roll_out():
+            try:
+                log.info("SIGHUP: %s", self.supervisor.rollout())
+            except NmcError as e:
+                log.error("SIGHUP: %s", e)
+        gevent.spawn(roll_out)
+
     def _stop(self) -> None:
         """Stop accepting, let in-flight requests finish (bounded), then stop the replicas; a
         second signal meanwhile cuts the wait short."""
@@ -341,7 +379,7 @@ class NmcServer:
                  self.config.graceful_timeout)
         draining = gevent.spawn(http.drain, self.config.graceful_timeout)
         # a second signal while draining cuts it short
-        again = gevent.spawn(self.signals.get)
+        again = gevent.spawn(self._next_stop_signal)
         gevent.wait([draining, again], count=1)
         forced = again.ready()
         if forced:

@@ -12,12 +12,13 @@ import time
 
 import gevent
 import gevent.event
+import gevent.lock
 import gevent.pool
 
-from nmc.config import REPLICA_HOST, Config
+from nmc.config import MAX_REPLICAS, REPLICA_HOST, Config
 from nmc.containers import (LABEL_SETTINGS, Engine, EngineError, EngineUnreachable, PortBusy,
                             ReplicaSpec)
-from nmc.errors import NmcError, capture
+from nmc.errors import NmcError, UsageError, capture
 from nmc.health import HealthChecker, Thresholds
 from nmc.pool import Pool, Replica, State
 
@@ -35,8 +36,15 @@ LOG_LINES = 5           # container log lines quoted when a replica fails to sta
 TASKS_STOP_WAIT = 40.0  # seconds stop() waits for tasks to notice it (an engine call takes <= 30)
 
 
+DRAIN_POLL = 0.05       # seconds between looks at a draining replica's requests in flight
+
+
 class ReplicaStartFailed(NmcError):
     """A replica exited, or never answered its health URL, while starting."""
+
+
+class ChangeFailed(NmcError):
+    """A scale or a rollout could not be completed; the cluster serves as before it."""
 
 
 class Supervisor:
@@ -50,7 +58,9 @@ class Supervisor:
         self.thresholds = Thresholds(config.unhealthy_after, config.healthy_after,
                                      config.replace_after)
         self.pool = pool if pool is not None else Pool.for_config(config)
+        self.image = config.image  # what new replicas run; a rollout changes it
         self.image_id = ""
+        self._changing = gevent.lock.Semaphore()  # one scale or rollout at a time
         self._tasks = gevent.pool.Group()  # checks and replacements in flight
         self._replacing: set[Replica] = set()
         self._monitor: gevent.Greenlet | None = None
@@ -95,7 +105,7 @@ class Supervisor:
                        and info.name == replica.name and info.running
                        and info.labels.get(LABEL_SETTINGS) == self._spec(replica).settings_hash(self.image_id))
             if matches:
-                replica.container_id = info.id
+                replica.container_id, replica.image_id = info.id, self.image_id
                 log.info("adopting running container %s (%s)", info.name, info.short_id)
             else:
                 log.info("removing leftover container %s (%s, %s): it does not match this cluster's "
@@ -103,7 +113,7 @@ class Supervisor:
                 self.engine.remove(info.id, stop_timeout=2)
 
     def _spec(self, replica: Replica) -> ReplicaSpec:
-        return ReplicaSpec(cluster=self.config.name, name=replica.name, image=self.config.image,
+        return ReplicaSpec(cluster=self.config.name, name=replica.name, image=self.image,
                            host_port=replica.port, container_port=self.config.container_port,
                            host_ip=REPLICA_HOST, env=self.config.replica_env)
 
@@ -117,6 +127,7 @@ class Supervisor:
         try:
             info = self.engine.run(self._spec(replica), self.image_id)
             replica.container_id = info.id  # from here on, stop() removes it
+            replica.image_id = self.image_id
         finally:
             self._creating.discard(task)
         self._wait_ready(replica)
@@ -207,6 +218,8 @@ class Supervisor:
         for replica in self.pool:
             if replica.container_id != event.container_id:
                 continue
+            if event.action == "die":
+                replica.last_exit_code = event.exit_code
             if being_stopped or event.action == "pause":  # someone stopped it: not a crash of its own
                 replica.stopped_from_outside = True
             if being_stopped and replica.state is State.READY:
@@ -326,6 +339,7 @@ class Supervisor:
                 pass
         exited = info is not None and info.status in ("exited", "dead")
         if exited:
+            replica.last_exit_code = info.exit_code
             log.warning("replica %s exited with code %s after %.1fs in the rotation%s",
                         replica.name, info.exit_code, uptime, self._last_logs(replica))
         if replica.quick_failures >= 2:
@@ -333,6 +347,108 @@ class Supervisor:
             log.warning("replica %s failed %d times in a row within %gs of starting: next start "
                         "in %gs", replica.name, replica.quick_failures, QUICK_CRASH, delay)
             self._stop_event.wait(delay)
+
+    # -- change while running ----------------------------------------------------------------
+
+    def in_service(self) -> list[Replica]:
+        """The replicas that make up the cluster: all but those being removed on purpose."""
+        return [r for r in self.pool
+                if r.state not in (State.DRAINING, State.STOPPING, State.STOPPED)]
+
+    def scale(self, count: int) -> str:
+        """Grow or shrink to `count` replicas and say what was done. New replicas join the
+        rotation once they answer; leaving ones (the unhealthy first, then the newest) leave
+        the rotation first and finish their requests."""
+        if not 1 <= count <= MAX_REPLICAS:
+            raise UsageError(f"the number of replicas must be from 1 to {MAX_REPLICAS}, not {count}")
+        with self._changing:
+            current = self.in_service()
+            if count > len(current):
+                added = self._add(count - len(current))
+                return (f"scaled from {len(current)} to {count} replicas: started "
+                        f"{', '.join(r.name for r in added)}")
+            if count < len(current):
+                leaving = sorted(current, key=lambda r: (r.state is State.READY,
+                                                         -(r.ready_at or 0), -r.port))
+                leaving = leaving[:len(current) - count]
+                gevent.joinall([gevent.spawn(self._retire, r, f"scaling to {count}")
+                                for r in leaving])
+                return (f"scaled from {len(current)} to {count} replicas: removed "
+                        f"{', '.join(r.name for r in leaving)}")
+            return f"already {count} replicas: nothing to do"
+
+    def rollout(self, image: str | None = None, max_surge: int | None = None) -> str:
+        """Replace every replica by one of `image` (default: the current image name, rebuilt),
+        `max_surge` at a time: start the new ones, wait until they answer, then drain and
+        remove as many old ones. When a new replica does not become ready, undo what was
+        swapped and raise ChangeFailed: the replicas of the old image keep serving."""
+        surge = max_surge or self.config.max_surge
+        with self._changing:
+            image = image or self.image
+            new_id = self.engine.image_id(image)
+            outdated = [r for r in self.in_service()
+                        if r.image_id != new_id and r not in self._replacing]
+            if not outdated:
+                return f"nothing to roll out: every replica runs {image} ({_short(new_id)})"
+            old_image, old_id = self.image, self.image_id
+            log.info("rolling out %s (%s) to %d replicas, %d at a time", image, _short(new_id),
+                     len(outdated), surge)
+            self.image, self.image_id = image, new_id
+            swapped: list[Replica] = []
+            try:
+                for first in range(0, len(outdated), surge):
+                    batch = outdated[first:first + surge]
+                    added = self._add(len(batch))
+                    swapped += added
+                    gevent.joinall([gevent.spawn(self._retire, old, f"rolled out: replaced by {new.name}")
+                                    for old, new in zip(batch, added)])
+            except NmcError as e:
+                self.image, self.image_id = old_image, old_id
+                log.error("rollout of %s stopped: %s; rolling back %d replicas", image, e, len(swapped))
+                self._roll_back(swapped)
+                raise ChangeFailed(f"rollout of {image} stopped, the replicas of {old_image} "
+                                   f"keep serving: {e}") from None
+            return f"rolled out {image} ({_short(new_id)}) to {len(outdated)} replicas"
+
+    def _roll_back(self, swapped: list[Replica]) -> None:
+        for new in swapped:  # one at a time: the cluster never shrinks meanwhile
+            try:
+                self._add(1)
+            except NmcError as e:  # the old image failing too: keep the new one serving
+                log.error("could not roll back replica %s: %s", new.name, e)
+                continue
+            self._retire(new, "rolled back")
+
+    def _add(self, count: int) -> list[Replica]:
+        """Start `count` new replicas, in parallel, on the lowest free ports; they join the
+        rotation as each answers. On failure the new ones are removed and the error raised."""
+        ports = self.pool.free_ports(self.config.base_port, count)
+        for port in ports:
+            _check_port_free(port)
+        added = [Replica(self.config.replica_name(port), port) for port in ports]
+        for replica in added:
+            self.pool.add(replica)
+        starts = [self._tasks.spawn(capture, self._start, r) for r in added]
+        gevent.joinall(starts)
+        errors = [g.value for g in starts if g.value is not None]
+        if errors or self.stopping:
+            for replica in added:
+                if replica.container_id:
+                    self._remove(replica, stop_timeout=1)
+                self.pool.remove(replica)
+            raise errors[0] if errors else ChangeFailed("nmc is stopping")
+        return added
+
+    def _retire(self, replica: Replica, reason: str) -> None:
+        """Out of the rotation; once its requests are done (or after --graceful-timeout), its
+        container is stopped (the site finishes what it still has) and removed."""
+        replica.change_state(State.DRAINING, reason)
+        deadline = time.monotonic() + self.config.graceful_timeout
+        while replica.in_flight > 0 and time.monotonic() < deadline:
+            gevent.sleep(DRAIN_POLL)
+        if replica.container_id:
+            self._remove(replica, stop_timeout=5)
+        self.pool.remove(replica)
 
     # -- stop --------------------------------------------------------------------------------
 
@@ -387,6 +503,10 @@ class Supervisor:
             return
         replica.change_state(State.STOPPED, "container removed")
         replica.container_id = None
+
+
+def _short(image_id: str) -> str:
+    return image_id.split(":", 1)[-1][:12]
 
 
 def _not_running(info) -> str | None:

@@ -1,0 +1,196 @@
+"""The admin interface: a second listener (127.0.0.1:3100 by default), never the public port.
+
+    GET  /status    the cluster as JSON: settings, each replica, totals
+    POST /scale     {"replicas": N}: grow or shrink the pool (answers when done)
+    POST /rollout   {"image": "name"} (optional): zero-downtime rolling update (answers when done)
+
+`nmc-server status | scale N | rollout` are clients of it (see `call`).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import requests
+
+from nmc.config import Config
+from nmc.errors import NmcError, UsageError
+from nmc.pool import Replica, State
+from nmc.supervisor import Supervisor
+
+MAX_BODY = 64 * 1024
+CHANGE_TIMEOUT = 3600  # seconds a client waits for a scale or rollout to finish
+
+
+class AdminApp:
+    """WSGI application of the admin listener."""
+
+    def __init__(self, config: Config, supervisor: Supervisor, started: float | None = None):
+        self.config = config
+        self.supervisor = supervisor
+        self.started = started or time.time()
+
+    def __call__(self, environ, start_response):
+        method, path = environ["REQUEST_METHOD"], environ.get("PATH_INFO", "/")
+        routes = {
+            ("GET", "/status"): self.status,
+            ("POST", "/scale"): self.scale,
+            ("POST", "/rollout"): self.rollout,
+        }
+        handler = routes.get((method, path))
+        if handler is None:
+            allowed = [m for (m, p) in routes if p == path]
+            if allowed:
+                return _json(start_response, 405, {"error": f"{method} not allowed on {path}"},
+                             [("Allow", ", ".join(allowed))])
+            return _json(start_response, 404, {"error": f"no such admin path: {path}"})
+        try:
+            return _json(start_response, 200, handler(environ))
+        except UsageError as e:
+            return _json(start_response, 400, {"error": str(e)})
+        except NmcError as e:
+            return _json(start_response, 409, {"error": str(e)})
+
+    # -- routes ------------------------------------------------------------------------------
+
+    def status(self, environ) -> dict:
+        replicas = [replica_status(r) for r in self.supervisor.pool]
+        return {
+            "cluster": self.config.name,
+            "image": self.supervisor.image,
+            "image_id": self.supervisor.image_id,
+            "listening": f"{self.config.bind}:{self.config.port}",
+            "uptime_seconds": round(time.time() - self.started, 1),
+            "settings": {"replicas": len(self.supervisor.in_service()),
+                         "base_port": self.config.base_port,
+                         "container_port": self.config.container_port,
+                         "health_path": self.config.health_path,
+                         "check_interval": self.config.check_interval},
+            "replicas": replicas,
+            "totals": {
+                "replicas": len(replicas),
+                "ready": sum(r["state"] == State.READY.value for r in replicas),
+                "in_flight": sum(r["in_flight"] for r in replicas),
+                "requests": sum(r["requests"] for r in replicas),
+                "errors": sum(r["errors"] for r in replicas),
+                "restarts": sum(r["restarts"] for r in replicas),
+            },
+        }
+
+    def scale(self, environ) -> dict:
+        count = _read_json(environ).get("replicas")
+        if isinstance(count, bool) or not isinstance(count, int):
+            raise UsageError('send {"replicas": N} with N a whole number')
+        return {"message": self.supervisor.scale(count)}
+
+    def rollout(self, environ) -> dict:
+        request = _read_json(environ)
+        image, surge = request.get("image"), request.get("max_surge")
+        if image is not None and (not isinstance(image, str) or not image.strip()):
+            raise UsageError('"image" must be an image name')
+        if surge is not None and (isinstance(surge, bool) or not isinstance(surge, int) or surge < 1):
+            raise UsageError('"max_surge" must be a whole number from 1')
+        return {"message": self.supervisor.rollout(image, surge)}
+
+
+def replica_status(replica: Replica) -> dict:
+    crashed = replica.state is State.DOWN and replica.quick_failures > 0
+    return {
+        "name": replica.name,
+        "port": replica.port,
+        "container_id": replica.container_id,
+        "image_id": replica.image_id,
+        "state": "crashed" if crashed else replica.state.value,
+        "since_seconds": round(time.monotonic() - replica.since, 1),
+        "in_flight": replica.in_flight,
+        "requests": replica.requests,
+        "errors": replica.errors,
+        "restarts": replica.restarts,
+        "last_exit_code": replica.last_exit_code,
+    }
+
+
+def _read_json(environ) -> dict:
+    try:
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        raise UsageError("bad Content-Length") from None
+    if length > MAX_BODY:
+        raise UsageError("request body too large")
+    body = environ["wsgi.input"].read(length) if length else b""
+    if not body.strip():
+        return {}
+    try:
+        data = json.loads(body)
+    except ValueError:
+        raise UsageError("the body must be JSON") from None
+    if not isinstance(data, dict):
+        raise UsageError("the body must be a JSON object")
+    return data
+
+
+def _json(start_response, status: int, data: dict, headers=()) -> list[bytes]:
+    body = json.dumps(data, indent=1).encode() + b"\n"
+    reason = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
+              409: "Conflict"}[status]
+    start_response(f"{status} {reason}", [("Content-Type", "application/json"),
+                                          ("Content-Length", str(len(body))),
+                                          ("Cache-Control", "no-store"), *headers])
+    return [body]
+
+
+# -- the client side: nmc-server status | scale | rollout ----------------------------------------
+
+class AdminUnreachable(NmcError):
+    pass
+
+
+def call(admin_port: int, method: str, path: str, body: dict | None = None) -> dict:
+    """One request to a running nmc-server's admin port; NmcError (one line) on any failure."""
+    url = f"http://127.0.0.1:{admin_port}{path}"
+    try:
+        answer = requests.request(method, url, json=body, timeout=(3, CHANGE_TIMEOUT))
+    except requests.ConnectionError:
+        raise AdminUnreachable(f"no nmc-server answers on admin port {admin_port} (is it "
+                               "running? started with another --admin-port?)") from None
+    except requests.RequestException as e:
+        raise AdminUnreachable(f"admin port {admin_port}: {e}") from None
+    try:
+        data = answer.json()
+    except ValueError:
+        raise AdminUnreachable(f"admin port {admin_port} answered {answer.status_code} without "
+                               "JSON: is it nmc-server's?") from None
+    if answer.status_code != 200:
+        raise NmcError(data.get("error") or f"admin port answered {answer.status_code}")
+    return data
+
+
+def format_status(status: dict) -> str:
+    """The status as a table, like `pm2 list` or `docker ps`."""
+    header = ("REPLICA", "PORT", "STATE", "SINCE", "CONTAINER", "IMAGE", "IN-FLIGHT", "REQUESTS",
+              "ERRORS", "RESTARTS", "LAST EXIT")
+    rows = [header]
+    for r in status["replicas"]:
+        rows.append((r["name"], str(r["port"]), r["state"], _duration(r["since_seconds"]),
+                     (r["container_id"] or "-")[:12],
+                     (r["image_id"] or "-").split(":", 1)[-1][:12],
+                     str(r["in_flight"]), str(r["requests"]), str(r["errors"]), str(r["restarts"]),
+                     "-" if r["last_exit_code"] is None else str(r["last_exit_code"])))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip()
+             for row in rows]
+    totals = status["totals"]
+    lines.append(f"cluster {status['cluster']}: {totals['ready']}/{totals['replicas']} ready, "
+                 f"image {status['image']}, {totals['requests']} requests, "
+                 f"{totals['errors']} errors, {totals['restarts']} restarts")
+    return "\n".join(lines)
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"

@@ -1,0 +1,238 @@
+"""End to end: the admin interface and the subcommands that use it (status, scale, rollout), and
+the zero-downtime changes themselves, under load, against real containers."""
+
+from __future__ import annotations
+
+import io
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+import requests
+
+from conftest import IMAGE, ROOT, free_port_block
+
+
+def nmc_command(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "nmc_server.py"), *args],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+class AdminCluster:
+    def __init__(self, run_nmc, cluster_name: str, *extra: str, replicas: int = 2):
+        base = free_port_block(12)  # room to grow and to surge
+        self.port, self.admin_port = base + 10, base + 11
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.admin = f"http://127.0.0.1:{self.admin_port}"
+        self.process = run_nmc("--name", cluster_name, "--bind", "127.0.0.1", "--port",
+                               str(self.port), "--base-port", str(base), "-n", str(replicas),
+                               "--check-interval", "1", "--admin-port", str(self.admin_port),
+                               "-q", *extra)
+        self.process.wait_serving()
+
+    def status(self) -> dict:
+        return requests.get(self.admin + "/status", timeout=10).json()
+
+    def command(self, *args: str) -> subprocess.CompletedProcess:
+        return nmc_command(*args, "--admin-port", str(self.admin_port))
+
+
+@pytest.fixture
+def admin_cluster(run_nmc, cluster_name):
+    def start(*extra: str, replicas: int = 2) -> AdminCluster:
+        return AdminCluster(run_nmc, cluster_name, *extra, replicas=replicas)
+    return start
+
+
+class Load:
+    """`clients` keep-alive clients sending GETs until stopped (at most `limit` seconds)."""
+
+    def __init__(self, url: str, clients: int = 8, limit: float = 120):
+        self.statuses: list = []
+        self._done = threading.Event()
+        deadline = time.monotonic() + limit
+
+        def client():
+            with requests.Session() as session:
+                while not self._done.is_set() and time.monotonic() < deadline:
+                    try:
+                        self.statuses.append(session.get(url + "/whoami", timeout=10).status_code)
+                    except requests.RequestException as e:
+                        self.statuses.append(type(e).__name__)
+
+        self._threads = [threading.Thread(target=client) for _ in range(clients)]
+        for thread in self._threads:
+            thread.start()
+
+    def stop(self) -> list:
+        self._done.set()
+        for thread in self._threads:
+            thread.join(30)
+        return [s for s in self.statuses if s != 200]
+
+
+def running(docker_client, cluster_name: str) -> dict[str, str]:
+    """name -> image id of the cluster's running containers."""
+    return {c.name: c.attrs["Image"] for c in docker_client.containers.list(
+        filters={"label": f"nmc.cluster={cluster_name}"})}
+
+
+@pytest.fixture
+def derived_image(docker_client, cluster_name):
+    """Build images FROM the site's image (no registry needed); removed at the end."""
+    tags: list[str] = []
+
+    def build(tag_suffix: str, *lines: str) -> str:
+        tag = f"{cluster_name}:{tag_suffix}"
+        dockerfile = "\n".join([f"FROM {IMAGE}", *lines]).encode()
+        image, _ = docker_client.images.build(fileobj=io.BytesIO(dockerfile), tag=tag, rm=True,
+                                              forcerm=True)
+        tags.append(tag)
+        return image.id
+
+    yield build
+    for tag in tags:
+        try:
+            docker_client.images.remove(tag, force=True)
+        except Exception:
+            pass
+
+
+# ------------------------------------------------------------------------------------------------
+# status
+
+
+def test_status_shows_every_replica_as_json_and_as_a_table(admin_cluster, docker_client,
+                                                           cluster_name):
+    cluster = admin_cluster()
+    for _ in range(6):
+        assert requests.get(cluster.url + "/whoami", timeout=5).status_code == 200
+    status = cluster.status()
+    containers = {c.name: c.id for c in docker_client.containers.list(
+        filters={"label": f"nmc.cluster={cluster_name}"})}
+    assert {r["name"]: r["container_id"] for r in status["replicas"]} == containers
+    assert [r["state"] for r in status["replicas"]] == ["ready", "ready"]
+    assert status["totals"]["ready"] == 2 and status["cluster"] == cluster_name
+    assert all(r["image_id"] == docker_client.images.get(IMAGE).id for r in status["replicas"])
+    table = cluster.command("status")
+    assert table.returncode == 0, table.stderr
+    for name in containers:
+        assert name in table.stdout and "ready" in table.stdout
+    assert table.stdout.splitlines()[0].split()[:3] == ["REPLICA", "PORT", "STATE"]
+
+
+def test_the_admin_interface_is_not_on_the_public_port(admin_cluster):
+    cluster = admin_cluster()
+    answer = requests.get(cluster.url + "/status", timeout=5)
+    assert "X-Served-By" in answer.headers  # relayed to a replica, not answered by nmc
+    assert answer.status_code == 404
+
+
+def test_subcommands_without_a_cluster_say_so_in_one_line():
+    port = free_port_block(1)
+    for args in (["status"], ["scale", "3"], ["rollout"]):
+        result = nmc_command(*args, "--admin-port", str(port), timeout=30)
+        assert result.returncode == 1, result
+        assert result.stderr.startswith(f"nmc-server: error: no nmc-server answers on admin port {port}")
+        assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_bad_scale_requests_are_refused_in_one_line(admin_cluster):
+    cluster = admin_cluster()
+    for args, message in ((["scale", "0"], "from 1 to 64"), (["scale", "many"], "whole number")):
+        result = cluster.command(*args)
+        assert result.returncode in (1, 2), result
+        assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    answer = requests.post(cluster.admin + "/scale", data=b"{not json", timeout=5)
+    assert answer.status_code == 400 and "JSON" in answer.json()["error"]
+    assert requests.get(cluster.admin + "/scale", timeout=5).status_code == 405
+
+
+# ------------------------------------------------------------------------------------------------
+# scale
+
+
+def test_scale_2_to_6_to_1_under_load_fails_no_request(admin_cluster, docker_client, cluster_name):
+    cluster = admin_cluster()
+    load = Load(cluster.url, clients=8)
+    try:
+        grown = cluster.command("scale", "6")
+        assert grown.returncode == 0, grown.stderr
+        assert "scaled from 2 to 6" in grown.stdout
+        assert len(running(docker_client, cluster_name)) == 6
+        assert [r["state"] for r in cluster.status()["replicas"]] == ["ready"] * 6
+        time.sleep(1)
+        shrunk = cluster.command("scale", "1")
+        assert shrunk.returncode == 0, shrunk.stderr
+        assert len(running(docker_client, cluster_name)) == 1
+        time.sleep(1)
+    finally:
+        failures = load.stop()
+    assert len(load.statuses) > 100
+    assert failures == [], failures[:5]
+    assert [r["state"] for r in cluster.status()["replicas"]] == ["ready"]
+
+
+# ------------------------------------------------------------------------------------------------
+# rollout
+
+
+def test_rollout_under_32_clients_fails_no_request(admin_cluster, docker_client, cluster_name,
+                                                   derived_image):
+    cluster = admin_cluster()
+    new_id = derived_image("v2", "LABEL nmct.version=2")
+    before = running(docker_client, cluster_name)
+    load = Load(cluster.url, clients=32)
+    try:
+        time.sleep(1)
+        result = cluster.command("rollout", "--image", f"{cluster_name}:v2")
+        assert result.returncode == 0, result.stderr
+        after = running(docker_client, cluster_name)
+        assert len(after) == 2 and set(after.values()) == {new_id}
+        assert "rolling out" in cluster.process.log and "1 at a time" in cluster.process.log
+        back = cluster.command("rollout", "--image", IMAGE, "--max-surge", "2")  # and back
+        assert back.returncode == 0, back.stderr
+        assert "2 at a time" in cluster.process.log
+        time.sleep(1)
+    finally:
+        failures = load.stop()
+    assert set(running(docker_client, cluster_name).values()) == {docker_client.images.get(IMAGE).id}
+    assert len(load.statuses) > 100
+    assert failures == [], failures[:5]
+    again = cluster.command("rollout", "--image", IMAGE)
+    assert again.returncode == 0 and "nothing to roll out" in again.stdout
+
+
+def test_a_rollout_whose_replicas_never_get_ready_rolls_back(admin_cluster, docker_client,
+                                                             cluster_name, derived_image):
+    cluster = admin_cluster("--start-timeout", "3")
+    derived_image("broken", 'CMD ["node", "-e", "console.log(\'no server here\'); setTimeout(() => {}, 60000)"]')
+    before = running(docker_client, cluster_name)
+    load = Load(cluster.url, clients=4)
+    try:
+        result = cluster.command("rollout", "--image", f"{cluster_name}:broken")
+    finally:
+        failures = load.stop()
+    assert result.returncode == 1
+    assert "rollout of" in result.stderr and "keep serving" in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert running(docker_client, cluster_name) == before  # the old ones, untouched
+    assert failures == [], failures[:5]
+    assert cluster.status()["image"] == IMAGE
+
+
+def test_sighup_rolls_out_the_rebuilt_image(admin_cluster, docker_client, cluster_name,
+                                            derived_image):
+    first = derived_image("app", "LABEL nmct.version=1")
+    cluster = admin_cluster("--image", f"{cluster_name}:app")
+    assert set(running(docker_client, cluster_name).values()) == {first}
+    second = derived_image("app", "LABEL nmct.version=2")  # `make nodejs` after a change
+    start = len(cluster.process.lines)
+    cluster.process.signal(signal.SIGHUP)
+    cluster.process.wait_for_line(r"SIGHUP: rolled out", timeout=60, start=start)
+    assert set(running(docker_client, cluster_name).values()) == {second}
+    assert requests.get(cluster.url + "/healthz", timeout=5).status_code == 200
+    assert cluster.status()["image"] == f"{cluster_name}:app"
