@@ -49,9 +49,10 @@ $(VENV)/.installed: setup.py
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
 
-## the benchmark: nmc against direct, nginx and a naive gevent+requests relay on the same 2
-## replicas, one bounded run (~10 min; QUICK=1 ~2 min), a report in bench/results/:
-## make bench [QUICK=1] [BENCH_ARGS="--reps 5 --duration 5"]
+## the benchmark: nmc (and nmc under gunicorn -w 2) against direct, nginx, a naive gevent+requests
+## relay, PM2 and node http-proxy: small GETs, 10 MiB GET and POST, RSS (also with 5,000 idle
+## connections), start-up time of 1 and 8 replicas; one bounded run (~9-10 min; QUICK=1 ~2.5 min),
+## one table with the targets in bench/results/: make bench [QUICK=1] [BENCH_ARGS="--reps 5"]
 BENCH_ARGS ?=
 .PHONY: bench
 bench: venv nodejs

@@ -1,50 +1,65 @@
 #!/usr/bin/env python3
-"""`make bench`: nmc against the limit (direct), nginx and a naive gevent + requests relay, all on
-the SAME two replicas, in one bounded run; a markdown table printed and written to
-bench/results/bench-<UTC time>.md.
+"""`make bench`: nmc against the limit (direct), nginx, a naive gevent + requests relay, nmc under
+gunicorn, PM2 and node's http-proxy, in one bounded run on one machine; one markdown table (with
+the issue's targets, met or not, under it) printed and written to bench/results/bench-<UTC time>.md.
 
-  1. starts ./nmc_server.py --name nmc-bench-<rand> --bind 127.0.0.1 --port P --base-port B -n 2 -q
-     (config `nmc`); every other config is pointed at its two replica ports B and B+1;
-  2. `direct`   wrk straight at 127.0.0.1:B (one replica: the limit);
-  3. `nginx-w1` nginx, 1 worker, round-robin upstream B/B+1, keepalive 256 (bench/nginx.conf.tmpl);
-  4. `naive`    bench/naive_proxy.py (gevent pywsgi + one default requests.Session);
-  5. `pm2-i2`   PM2 cluster mode running the site itself: `pm2 start nodejs/server.js -i 2` with
-     PORT=<free port> (no containers, no docker-proxy: an anchor, not a like-for-like); CPU of
-     the PM2 daemon (the cluster primary, "front") and of its 2 workers (in the replicas column);
-  6. `http-proxy` bench/node/hp_proxy.js: node's npm http-proxy 1.18.1, round-robin over B/B+1,
-     keep-alive agent (maxSockets 256), an 'error' handler answering 502;
-     pm2@7 and http-proxy@1.18.1 are `npm install`ed into the run's temp folder (PM2_HOME there
-     too; `pm2 kill` at the end, the folder removed); without npm/node both are skipped;
-  then per config: GET /healthz with wrk -t1 -c64 and -c256 --latency (10 s, 3 s with --quick),
-  GET /big?mb=10 with wrk -t1 -c4; a warm-up first, then --reps interleaved repetitions (the
-  order of the configs rotated each time), medians. CPU per request = utime+stime from
-  /proc/PID/stat (parsed after the `(comm)` field) of the proxy's process tree, and separately
-  of Docker's userland proxies (`docker-proxy ... -host-port B`) and of the replicas' node
-  processes. RSS of the proxy's tree at start and after all load.
+Configs (all but pm2-i2 and gunicorn-w2 relay to the SAME two replicas, those of `nmc`):
+  `nmc`         ./nmc_server.py --name nmc-bench-<rand> --bind 127.0.0.1 --port P --base-port B -n 2 -q
+  `direct`      wrk straight at 127.0.0.1:B (one replica: the limit)
+  `nginx-w1`    nginx, 1 worker, round-robin upstream B/B+1, keepalive 256 (bench/nginx.conf.tmpl)
+  `naive`       bench/naive_proxy.py (gevent pywsgi + one default requests.Session)
+  `gunicorn-w2` gunicorn -k gevent -w 2 nmc.wsgi:app with NMC_* variables: a cluster of its own
+                (nmc-bench-<rand>-g, 2 replicas of the same image on ports G/G+1), since its
+                supervising worker starts and removes its replicas itself
+  `pm2-i2`      PM2 cluster mode running the site itself (nodejs/server.js -i 2, no containers,
+                no docker-proxy: an anchor, not a like-for-like)
+  `http-proxy`  bench/node/hp_proxy.js (npm http-proxy 1.18.1, keep-alive agent)
+pm2@7 and http-proxy@1.18.1 are `npm install`ed into the run's temp folder (PM2_HOME there too);
+without node/npm, or without gunicorn / nmc/wsgi.py, those configs are written as skipped.
+
+Loads, per config (wrk -t1): GET /healthz at -c64 and -c256 (--latency); GET /big?mb=10 and
+POST /echo with a 10 MiB body (wrk Lua script), both at -c4. A warm-up (wrk -c256 /healthz)
+first, then --reps interleaved repetitions (every config at c64, then c256, GET 10 MiB, POST
+10 MiB; the order of the configs rotated each repetition), medians. Each repetition ends with
+the start-up test: ./nmc_server.py -n 1 and -n 8 (throwaway cluster, free ports, image already
+built) from process start to its "serving on" line, and `docker run` x1 / x8 alone (the floor),
+in alternating order; all their containers removed.
+After the repetitions: RSS after load, then per proxy the idle test (bench/idle_conns.py: 5,000
+keep-alive client connections that did one request each, held idle; RSS and kB per connection).
+
+Measured: req/s, p50/p99 (wrk), errors (socket errors + non-2xx), CPU µs per request of the
+proxy's process tree (utime+stime from /proc/PID/stat), and separately of Docker's userland
+proxies and of the replicas' node processes; MiB/s of the 10 MiB transfers (good answers x
+10 MiB / s); RSS of the proxy's tree at start, after load, its peak during the 10 MiB runs
+(sampled every 0.1 s) and with 5,000 idle connections; ratios to nginx-w1 from the same run.
+
+Duration: a full run is 7 configs x 4 loads x --reps 3 x --duration 5 s = 420 s of wrk, plus
+~0.3 s per wrk run (84 runs), warm-up 7 x 2 s, start-up tests 3 x ~7 s, idle tests 6 x 5-17 s
+(held 3 s), set-up (npm install ~10 s, up to 60 s on a cold npm cache) and stopping (~5 s):
+about 9-10 minutes (measured: 539 s on the 2-core dev VM, busy with other work). --quick: 1
+repetition of 2 s runs (56 s of wrk), warm-up 7 x 1 s, one start-up test, idle tests held 1 s:
+about 2.5 minutes (measured: 128 to 154 s; the idle tests are half of it). An apt-get install of wrk/nginx on a fresh
+machine comes on top, once.
 
 Everything started here is stopped at the end by PID (try/finally, also on Ctrl-C / SIGTERM):
 PM2 with `pm2 kill` (then SIGKILL by PID for any of its daemon/workers left), wrk, nginx, the
-naive relay, http-proxy, and nmc (SIGTERM: it removes its replicas; the run then checks that
-no container labelled nmc.cluster=<its name> is left, and removes any it finds).
+naive relay, http-proxy, gunicorn (SIGTERM to the master) and nmc (SIGTERM); both remove their
+replicas, and the run then removes any container still labelled with their cluster names.
 
 Needs wrk and nginx (installed with apt-get when missing and run as root), Docker, the
-nodejs.org image and .venv (make bench does venv + nodejs first); node + npm and the npm
-registry for pm2-i2 and http-proxy (skipped, with a note, without them).
+nodejs.org image and .venv (make bench does venv + nodejs first).
 """
 
 from __future__ import annotations
 
 import argparse
-import http.client
+import json
 import os
-import platform
 import random
 import re
 import resource
 import shutil
 import signal
-import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -52,136 +67,54 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from idle_conns import idle_test
+from procstat import (CLK_TCK, alive, cmd_out, docker_proxy_pids, free_ports, http_ok,
+                      machine_ticks, rss_kib, rss_mib, stat_fields, ticks, tree)
+from startup_time import admin_args, labelled, remove_labelled, time_docker, time_nmc
+
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
 RESULTS = BENCH / "results"
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-CONFIGS = ("direct", "nginx-w1", "naive", "nmc", "pm2-i2", "http-proxy")
+CONFIGS = ("direct", "nginx-w1", "naive", "nmc", "gunicorn-w2", "pm2-i2", "http-proxy")
 NODE_CONFIGS = ("pm2-i2", "http-proxy")  # need node + npm (pm2, http-proxy from the registry)
-TODO = (("gunicorn-w2", "gunicorn -k gevent -w 2 nmc.wsgi:app (nmc's WSGI app, coming)"),)
+LOADS = ("c64", "c256", "get10", "post10")
 NPM_PACKAGES = ("pm2@7", "http-proxy@1.18.1")
 NPM_LIMIT = 300.0
 PM2_LIMIT = 60.0
 NMC_START_LIMIT = 120.0
 NMC_STOP_LIMIT = 30.0
+GUNICORN_STOP_LIMIT = 45.0  # its graceful timeout (30 s) + removing the replicas
+BIG_MIB = 10
+IDLE_CONNS = 5000
+FLAT_MIB = 10.0  # "flat" RSS during the 10 MiB runs: it grew by less than one body
 UNIT = {"us": 1e-3, "ms": 1.0, "s": 1000.0, "m": 60000.0}
-BUNIT = {"B": 1 / 2**20, "KB": 1 / 1024, "MB": 1.0, "GB": 1024.0}
+NAN = float("nan")
 
 
 class Interrupted(Exception):
     pass
 
 
+BEGAN = time.monotonic()
+
+
 def log(msg: str) -> None:
-    print(f"bench: {msg}", file=sys.stderr, flush=True)
+    print(f"bench: [{time.monotonic() - BEGAN:3.0f} s] {msg}", file=sys.stderr, flush=True)
 
 
-# -- /proc ---------------------------------------------------------------------------------------
-
-def stat_fields(pid: int) -> list[str] | None:
-    """Fields of /proc/PID/stat after `pid (comm)`: [0] = state, [1] = ppid, [11]/[12] = utime/stime."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-
-
-def ticks(pid: int) -> int:
-    f = stat_fields(pid)
-    return int(f[11]) + int(f[12]) if f else 0
-
-
-def tree(pid: int) -> list[int]:
-    """pid and all its descendants (nginx's worker, ...)."""
-    parent = {}
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            f = stat_fields(int(d))
-            if f:
-                parent[int(d)] = int(f[1])
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        todo += [c for c, pp in parent.items() if pp == p]
-    return out
-
-
-def rss_mib(pids: list[int]) -> float:
-    total = 0
-    for p in pids:
-        try:
-            for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                if line.startswith("VmRSS"):
-                    total += int(line.split()[1])
-        except OSError:
-            pass
-    return total / 1024
-
-
-def machine_ticks() -> tuple[int, int]:
-    v = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:9]]
-    return sum(v) - v[3] - v[4], sum(v)  # busy, total (both CPUs)
-
-
-def docker_proxy_pids(port: int) -> list[int]:
-    out = []
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            argv = Path(f"/proc/{d}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if argv and argv[0].endswith(b"docker-proxy") and b"-host-port" in argv:
-            i = argv.index(b"-host-port")
-            if i + 1 < len(argv) and argv[i + 1] == str(port).encode():
-                out.append(int(d))
-    return out
-
-
-# -- ports, HTTP probe, tools --------------------------------------------------------------------
-
-def port_is_free(port: int) -> bool:
-    for address in ("127.0.0.1", "0.0.0.0"):
-        with socket.socket() as s:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                s.bind((address, port))
-            except OSError:
-                return False
-    return True
-
-
-def free_ports(count: int) -> int:
-    pick = random.SystemRandom()
-    for _ in range(500):
-        base = pick.randrange(20000, 30000)
-        if all(port_is_free(p) for p in range(base, base + count)):
-            return base
-    raise RuntimeError(f"no {count} consecutive free ports found")
-
-
-def http_ok(port: int, path: str = "/healthz", timeout: float = 2.0) -> bool:
-    try:
-        c = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-        c.request("GET", path)
-        r = c.getresponse()
-        r.read()
-        c.close()
-        return 200 <= r.status < 300
-    except (OSError, http.client.HTTPException):
-        return False
-
-
-def wait_http(port: int, limit: float, proc: subprocess.Popen | None = None) -> bool:
+def wait_http(port: int, limit: float, proc: subprocess.Popen | None = None,
+              in_a_row: int = 1) -> bool:
+    """Until IN_A_ROW GETs of /healthz in a row (each on a new connection) answer 2xx."""
     deadline = time.monotonic() + limit
+    good = 0
     while time.monotonic() < deadline:
-        if http_ok(port):
+        good = good + 1 if http_ok(port) else 0
+        if good >= in_a_row:
             return True
         if proc is not None and proc.poll() is not None:
             return False
-        time.sleep(0.1)
+        if not good:
+            time.sleep(0.1)
     return False
 
 
@@ -211,19 +144,11 @@ def ensure_tools() -> dict[str, str | None]:
     return {t: which(t) for t in ("wrk", "nginx")}
 
 
-def cmd_out(args: list[str], timeout: float = 15) -> str:
-    try:
-        r = subprocess.run(args, capture_output=True, text=True, timeout=timeout)
-        return (r.stdout + r.stderr).strip()
-    except (OSError, subprocess.SubprocessError) as e:
-        return f"? ({e})"
-
-
 # -- wrk -----------------------------------------------------------------------------------------
 
 def lat_ms(s: str) -> float:
     m = re.match(r"([\d.]+)(us|ms|s|m)$", s)
-    return float(m.group(1)) * UNIT[m.group(2)] if m else float("nan")
+    return float(m.group(1)) * UNIT[m.group(2)] if m else NAN
 
 
 def parse_wrk(text: str) -> dict | None:
@@ -233,17 +158,36 @@ def parse_wrk(text: str) -> dict | None:
     d = {"rps": float(m.group(1))}
     for p in ("50", "99"):
         m = re.search(r"^\s+%s(?:\.0+)?%%\s+(\S+)" % p, text, re.M)
-        d["p" + p] = lat_ms(m.group(1)) if m else float("nan")
-    m = re.search(r"Transfer/sec:\s+([\d.]+)(\w+)", text)
-    d["mibs"] = float(m.group(1)) * BUNIT.get(m.group(2), float("nan")) if m else float("nan")
+        d["p" + p] = lat_ms(m.group(1)) if m else NAN
     m = re.search(r"(\d+) requests in ([\d.]+)(\w+)", text)
     d["reqs"] = int(m.group(1)) if m else 0
     m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
-    d["sock_err"] = sum(map(int, m.groups())) if m else 0
+    d["sock"] = dict(zip(("connect", "read", "write", "timeout"), map(int, m.groups()))) if m else {}
+    d["sock_err"] = sum(d["sock"].values())
     m = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
     d["non2xx"] = int(m.group(1)) if m else 0
     d["err"] = d["sock_err"] + d["non2xx"]
+    # the 10 MiB loads: good answers x 10 MiB per second, the same way for GET and POST (wrk's
+    # Transfer/sec counts only what it read: the echo's JSON for the POST)
+    d["mibs"] = d["rps"] * (1 - d["non2xx"] / d["reqs"]) * BIG_MIB if d["reqs"] else NAN
     return d
+
+
+POST_LUA = f"""-- POST /echo with a {BIG_MIB} MiB body (wrk sets Content-Length); the site hashes it
+wrk.method = "POST"
+wrk.body = string.rep("x", {BIG_MIB} * 1024 * 1024)
+wrk.headers["Content-Type"] = "application/octet-stream"
+"""
+
+
+def load_args(load: str, dur: float, lua: Path) -> tuple[list[str], str]:
+    """wrk options and URL path of one load."""
+    if load in ("c64", "c256"):
+        return ["-t1", f"-{load}", f"-d{dur:g}s", "--latency"], "/healthz"
+    big = ["-t1", "-c4", f"-d{dur:g}s", "--latency", "--timeout", "30s"]
+    if load == "get10":
+        return big, f"/big?mb={BIG_MIB}"
+    return [*big, "-s", str(lua)], "/echo"
 
 
 # -- the processes under test --------------------------------------------------------------------
@@ -267,8 +211,9 @@ class Run:
         self.commands: dict[str, str] = {}
         self.wrk: subprocess.Popen | None = None
         self.name = "nmc-bench-%06x" % random.SystemRandom().randrange(16**6)
-        self.leftovers: list[str] = []
-        self.nmc_exit: str = "not started"
+        self.g_name = self.name + "-g"
+        self.leftovers: dict[str, int] = {}
+        self.exits: dict[str, str] = {}
         self.deps = self.tmp / "deps"
         self.pm2_home = self.tmp / "pm2home"
         self.pm2_daemon: int | None = None
@@ -276,19 +221,46 @@ class Run:
         self.pm2_stop: str = "not started"
         self.versions: dict[str, str] = {}
 
-    def start(self, name: str, argv: list[str], port: int, display: str, **kw) -> None:
+    def start(self, name: str, argv: list[str], port: int, display: str, log_name: str, **kw) -> None:
         self.commands[name] = display
         self.port[name] = port
-        self.procs[name] = subprocess.Popen(argv, cwd=ROOT, stdin=subprocess.DEVNULL,
-                                            start_new_session=True, preexec_fn=_die_with_parent, **kw)
+        with open(self.tmp / log_name, "wb") as out:
+            self.procs[name] = subprocess.Popen(argv, cwd=ROOT, stdin=subprocess.DEVNULL,
+                                                stdout=out, stderr=subprocess.STDOUT,
+                                                start_new_session=True,
+                                                preexec_fn=_die_with_parent, **kw)
 
-    def start_nmc(self, port: int, base: int) -> None:
+    def start_nmc(self, port: int, base: int, admin: int) -> None:
         argv = ["./nmc_server.py", "--name", self.name, "--bind", "127.0.0.1", "--port", str(port),
-                "--base-port", str(base), "-n", "2", "-q"]
-        self.nmc_log = open(self.tmp / "nmc.log", "wb")
-        self.start("nmc", [sys.executable, *argv], port, " ".join(argv),
-                   stdout=self.nmc_log, stderr=subprocess.STDOUT,
+                "--base-port", str(base), "-n", "2", "-q", *admin_args(admin)]
+        self.start("nmc", [sys.executable, *argv], port, " ".join(argv), "nmc.log",
                    env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+    def gunicorn_missing(self) -> str | None:
+        """Why gunicorn-w2 cannot run here, or None."""
+        if not (ROOT / "nmc" / "wsgi.py").exists():
+            return "nmc/wsgi.py does not exist (yet)"
+        if not (Path(sys.executable).parent / "gunicorn").exists():
+            return f"no gunicorn next to {sys.executable} (pip install -e '.[test]')"
+        return None
+
+    def start_gunicorn(self, port: int, base: int, admin: int) -> None:
+        gunicorn = str(Path(sys.executable).parent / "gunicorn")
+        # gunicorn's defaults would cap and cut the idle test (--worker-connections 1000 per
+        # worker, --keep-alive 2 s): each worker gets nmc's own --max-connections 10000 and
+        # --idle-timeout 60 instead. No control socket: not in $HOME, shared with other runs.
+        opts = ["-k", "gevent", "-w", "2", "-b", f"127.0.0.1:{port}",
+                "--worker-connections", "10000", "--keep-alive", "60"]
+        if "--no-control-socket" in cmd_out([gunicorn, "--help"]):
+            opts.append("--no-control-socket")
+        env = {"NMC_NAME": self.g_name, "NMC_REPLICAS": "2", "NMC_BASE_PORT": str(base),
+               "NMC_QUIET": "1", "NMC_ADMIN_PORT": str(admin),  # ignored by an nmc without one
+               "NMC_RUN_DIR": str(self.tmp / "gunicorn-run")}
+        (self.tmp / "gunicorn-run").mkdir()
+        shown = " ".join(f"{k}={v}" for k, v in env.items() if k != "NMC_RUN_DIR")
+        self.start("gunicorn-w2", [gunicorn, *opts, "nmc.wsgi:app"], port,
+                   f"{shown} NMC_RUN_DIR=TMP gunicorn {' '.join(opts)} nmc.wsgi:app",
+                   "gunicorn.log", env={**os.environ, **env, "PYTHONUNBUFFERED": "1"})
 
     def start_nginx(self, nginx: str, port: int, base: int) -> None:
         d = self.tmp / "nginx-w1"
@@ -301,12 +273,11 @@ class Run:
         self.start("nginx-w1", [nginx, "-p", str(d), "-e", str(d / "error.log"), "-c", str(d / "nginx.conf")],
                    port, f"nginx -p TMP -e TMP/error.log -c TMP/nginx.conf   "
                          f"(bench/nginx.conf.tmpl, 1 worker, upstream {base},{base + 1}, port {port})",
-                   stdout=subprocess.DEVNULL, stderr=open(d / "stderr.log", "wb"))
+                   "nginx-w1/stderr.log")
 
     def start_naive(self, port: int, base: int) -> None:
         argv = ["bench/naive_proxy.py", str(port), str(base), str(base + 1)]
-        self.start("naive", [sys.executable, *argv], port, " ".join(argv),
-                   stdout=subprocess.DEVNULL, stderr=open(self.tmp / "naive.log", "wb"))
+        self.start("naive", [sys.executable, *argv], port, " ".join(argv), "naive.log")
 
     def npm_install(self) -> str | None:
         """pm2 and http-proxy into TMP/deps; None when done, else why not."""
@@ -333,7 +304,6 @@ class Run:
         return None
 
     def _pkg_version(self, pkg: str) -> str:
-        import json
         try:
             return json.loads((self.deps / "node_modules" / pkg / "package.json").read_text())["version"]
         except (OSError, ValueError, KeyError):
@@ -344,8 +314,7 @@ class Run:
         self.start("http-proxy", argv, port,
                    f"NODE_PATH=TMP/deps/node_modules {' '.join(argv)}   (http-proxy "
                    f"{self.versions.get('http-proxy', '?')}, keep-alive agent maxSockets 256)",
-                   stdout=subprocess.DEVNULL, stderr=open(self.tmp / "http-proxy.log", "wb"),
-                   env={**os.environ, "NODE_PATH": str(self.deps / "node_modules")})
+                   "http-proxy.log", env={**os.environ, "NODE_PATH": str(self.deps / "node_modules")})
 
     def pm2(self, *args: str, timeout: float = PM2_LIMIT, env: dict | None = None) -> int:
         with open(self.tmp / "pm2-cli.log", "ab") as f:
@@ -393,7 +362,7 @@ class Run:
         left = []
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline:
-            left = [p for p in pids if (f := stat_fields(p)) and f[0] != "Z"]
+            left = [p for p in pids if alive(p)]
             if not left:
                 break
             time.sleep(0.1)
@@ -406,15 +375,14 @@ class Run:
                          (f"; SIGKILLed {len(left)} process(es) still there" if left else
                           "; daemon and workers gone"))
 
-    def nmc_log_tail(self, n: int = 20) -> str:
+    def log_tail(self, log_name: str, n: int = 20) -> str:
         try:
-            return "\n".join((self.tmp / "nmc.log").read_text(errors="replace").splitlines()[-n:])
+            return "\n".join((self.tmp / log_name).read_text(errors="replace").splitlines()[-n:])
         except OSError:
             return ""
 
-    def containers(self) -> list[str]:
-        out = cmd_out(["docker", "ps", "-aq", "--filter", f"label=nmc.cluster={self.name}"], 30)
-        return [x for x in out.split() if re.fullmatch(r"[0-9a-f]{6,64}", x)]
+    def pm2_pids(self) -> list[int]:
+        return ([self.pm2_daemon] if self.pm2_daemon else []) + self.pm2_workers
 
     def stop_all(self) -> None:
         if self.wrk is not None and self.wrk.poll() is None:
@@ -434,59 +402,77 @@ class Run:
                     log(f"{name} (pid {p.pid}) did not exit on SIGTERM: SIGKILL")
                     p.kill()
                     p.wait(5)
-        p = self.procs.get("nmc")
-        if p is not None:
-            if p.poll() is None:
-                t0 = time.monotonic()
-                p.send_signal(signal.SIGTERM)
+        # both at once: each removes its own replicas
+        stopping = {cfg: time.monotonic() for cfg in ("nmc", "gunicorn-w2")
+                    if cfg in self.procs and self.procs[cfg].poll() is None}
+        for cfg in stopping:
+            self.procs[cfg].send_signal(signal.SIGTERM)  # gunicorn: to the master
+        for cfg, cluster, limit in (("nmc", self.name, NMC_STOP_LIMIT),
+                                    ("gunicorn-w2", self.g_name, GUNICORN_STOP_LIMIT)):
+            p = self.procs.get(cfg)
+            if p is None:
+                continue
+            if cfg in stopping:
                 try:
-                    p.wait(NMC_STOP_LIMIT)
-                    self.nmc_exit = f"exit code {p.returncode} {time.monotonic() - t0:.1f} s after SIGTERM"
+                    p.wait(max(0.1, stopping[cfg] + limit - time.monotonic()))
+                    self.exits[cfg] = (f"exit code {p.returncode} "
+                                       f"{time.monotonic() - stopping[cfg]:.1f} s after SIGTERM")
                 except subprocess.TimeoutExpired:
-                    p.kill()
+                    for pid in reversed(tree(p.pid)):  # gunicorn's workers too
+                        try:
+                            os.kill(pid, signal.SIGKILL)
+                        except OSError:
+                            pass
                     p.wait(5)
-                    self.nmc_exit = f"did not exit within {NMC_STOP_LIMIT:g} s of SIGTERM: SIGKILLed"
+                    self.exits[cfg] = f"did not exit within {limit:g} s of SIGTERM: SIGKILLed"
             else:
-                self.nmc_exit = f"had already exited (code {p.returncode})"
-            left = self.containers()
+                self.exits[cfg] = f"had already exited (code {p.returncode})"
+            left = remove_labelled(cluster)
+            self.leftovers[cluster] = left
             if left:
-                self.leftovers = left
-                log(f"containers of cluster {self.name} left after nmc stopped: {left}: removing them")
-                cmd_out(["docker", "rm", "-f", *left], 60)
-                if self.containers():
-                    log(f"!! containers labelled nmc.cluster={self.name} still there")
+                log(f"{left} container(s) of cluster {cluster} left after {cfg} stopped: removed")
+                if labelled(cluster):
+                    log(f"!! containers labelled nmc.cluster={cluster} still there")
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
 # -- measuring -----------------------------------------------------------------------------------
 
 def measure(run: Run, wrk: str, cfg: str, path: str, wrk_args: list[str], dur: float,
-            groups: dict[str, list[int]]) -> dict:
-    """One wrk run against cfg; CPU ticks of each group of PIDs around it."""
+            groups: dict[str, list[int]], rss_pids: list[int] | None = None) -> dict:
+    """One wrk run against cfg; CPU ticks of each group of PIDs around it; with RSS_PIDS, their
+    RSS before the run and its peak during it (sampled every 0.1 s)."""
     t0 = {g: sum(ticks(p) for p in pids) for g, pids in groups.items()}
     m0 = machine_ticks()
     r0 = resource.getrusage(resource.RUSAGE_CHILDREN)  # only wrk is reaped in here: its CPU
+    rss0 = peak = rss_kib(rss_pids) if rss_pids else 0
     w0 = time.monotonic()
     argv = [wrk, *wrk_args, f"http://127.0.0.1:{run.port[cfg]}{path}"]
     run.wrk = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        out, _ = run.wrk.communicate(timeout=dur + 40)
-    except subprocess.TimeoutExpired:
+    deadline = w0 + dur + 40
+    while run.wrk.poll() is None and time.monotonic() < deadline:  # its output fits the pipe
+        time.sleep(0.1)
+        if rss_pids:
+            peak = max(peak, rss_kib(rss_pids))
+    killed = run.wrk.poll() is None
+    if killed:
         run.wrk.kill()
-        out, _ = run.wrk.communicate(timeout=5)
+    out, _ = run.wrk.communicate(timeout=5)
+    if killed:
         out += "\n(wrk killed: took too long)"
     wall = time.monotonic() - w0
     run.wrk = None
     m1 = machine_ticks()
     r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    d = parse_wrk(out) or {"rps": float("nan"), "p50": float("nan"), "p99": float("nan"),
-                           "mibs": float("nan"), "reqs": 0, "sock_err": 0, "non2xx": 0, "err": 0,
-                           "failed": out[-500:]}
+    d = parse_wrk(out) or {"rps": NAN, "p50": NAN, "p99": NAN, "mibs": NAN, "reqs": 0,
+                           "sock_err": 0, "non2xx": 0, "err": 0, "failed": out[-500:]}
     d["wall"] = wall
+    if rss_pids:
+        d["rss_before"], d["rss_growth"] = rss0 / 1024, (peak - rss0) / 1024
     d["machine_busy_pct"] = 100.0 * (m1[0] - m0[0]) / max(1, m1[1] - m0[1]) * os.cpu_count()
     for g, pids in groups.items():
         dt = sum(ticks(p) for p in pids) - t0[g]
-        d[f"us_{g}"] = 1e6 * dt / CLK_TCK / d["reqs"] if d["reqs"] else float("nan")
+        d[f"us_{g}"] = 1e6 * dt / CLK_TCK / d["reqs"] if d["reqs"] else NAN
         d[f"pct_{g}"] = 100.0 * dt / CLK_TCK / wall
     d["us_total"] = sum(d[f"us_{g}"] for g in groups if groups[g])
     d["pct_wrk"] = 100.0 * (r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime) / wall
@@ -495,33 +481,32 @@ def measure(run: Run, wrk: str, cfg: str, path: str, wrk_args: list[str], dur: f
     return d
 
 
-def med(runs: list[dict], key: str) -> float:
-    vals = [r[key] for r in runs if key in r and r[key] == r[key]]
-    return statistics.median(vals) if vals else float("nan")
-
-
-def fmt(x: float, nd: int = 0) -> str:
-    if x != x:
-        return "—"
-    return f"{x:,.{nd}f}"
-
-
-def ratio(a: float, b: float) -> str:
-    return "—" if a != a or b != b or b == 0 else f"{a / b:.2f}"
+def node_pids(cluster: str) -> list[int]:
+    """The node processes inside the containers of CLUSTER."""
+    pids = []
+    for cid in labelled(cluster):
+        pid = cmd_out(["docker", "inspect", "-f", "{{.State.Pid}}", cid])
+        if pid.isdigit() and int(pid) > 0:
+            pids += tree(int(pid))
+    return pids
 
 
 # -- main ----------------------------------------------------------------------------------------
 
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(prog="bench.py", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="3 s per wrk run, 1 repetition (~2 min)")
-    ap.add_argument("--duration", type=float, help="seconds per wrk run [10; 3 with --quick]")
+    ap.add_argument("--quick", action="store_true",
+                    help="2 s per wrk run, 1 repetition, idle connections held 1 s (~2.5 min)")
+    ap.add_argument("--duration", type=float, help="seconds per wrk run [5; 2 with --quick]")
     ap.add_argument("--reps", type=int, help="interleaved repetitions [3; 1 with --quick]")
     ap.add_argument("--configs", default=",".join(CONFIGS),
                     help=f"comma-separated subset of {','.join(CONFIGS)} [all]")
+    ap.add_argument("--no-idle", action="store_true", help="skip the 5,000 idle connections test")
+    ap.add_argument("--no-startup", action="store_true", help="skip the start-up time test")
     a = ap.parse_args(argv)
-    a.duration = a.duration or (3.0 if a.quick else 10.0)
+    a.duration = a.duration or (2.0 if a.quick else 5.0)
     a.reps = a.reps or (1 if a.quick else 3)
+    a.hold = 1.0 if a.quick else 3.0
     if not 1 <= a.duration <= 60:
         ap.error("--duration must be from 1 to 60 seconds")
     if not 1 <= a.reps <= 10:
@@ -532,6 +517,7 @@ def parse_args(argv=None):
         ap.error(f"unknown config(s) {bad}; known: {', '.join(CONFIGS)}")
     if "direct" not in a.configs:
         a.configs.insert(0, "direct")
+    a.asked = list(a.configs)
     return a
 
 
@@ -547,46 +533,81 @@ def main(argv=None) -> int:
         raise Interrupted(signal.Signals(signum).name)
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # the idle test's 5,000 and more
+
+    skipped: dict[str, str] = {}
+
+    def skip(cfg: str, why: str) -> None:
+        log(f"{cfg} skipped: {why}")
+        skipped[cfg] = why
+        if cfg in args.configs:
+            args.configs.remove(cfg)
 
     tools = ensure_tools()
     if not tools["wrk"]:
         log("wrk is needed: nothing measured")
         return 1
     if not tools["nginx"] and "nginx-w1" in args.configs:
-        log("nginx missing: nginx-w1 skipped (ratios to nginx will be —)")
-        args.configs.remove("nginx-w1")
+        skip("nginx-w1", "nginx is not installed (ratios to nginx are —)")
     wrk = tools["wrk"]
 
     run = Run(args)
+    lua = run.tmp / "post10m.lua"
+    lua.write_text(POST_LUA)
     rows: dict[tuple[str, str], list[dict]] = {}
     rss0: dict[str, float] = {}
     rss1: dict[str, float] = {}
+    idle: dict[str, dict] = {}
+    starts: list[dict] = []
     notes: list[str] = []
     groups_of: dict[str, dict[str, list[int]]] = {}
+    proxy_pids: dict[str, list[int]] = {}
     interrupted = None
-    node_version, t_nmc = "?", None
+    node_version, t_ready = "?", {}
     try:
-        # P = base, replicas base+1 / base+2, nginx base+3, naive base+4, pm2 base+5, http-proxy base+6
-        base = free_ports(7)
-        P, B = base, base + 1
+        # P = base, replicas base+1 / base+2, nginx base+3, naive base+4, pm2 base+5,
+        # http-proxy base+6, gunicorn base+7 with its replicas base+8 / base+9; the admin
+        # interfaces of nmc and gunicorn base+10 / base+11
+        base = free_ports(12)
+        P, B, G = base, base + 1, base + 8
         log(f"starting nmc (cluster {run.name}) on 127.0.0.1:{P}, replicas on {B} and {B + 1}")
-        run.start_nmc(P, B)
+        run.start_nmc(P, B, base + 10)
+        if "gunicorn-w2" in args.configs:
+            why = run.gunicorn_missing()
+            if why:
+                skip("gunicorn-w2", why)
+            else:
+                log(f"starting gunicorn -w 2 nmc.wsgi:app (cluster {run.g_name}) on "
+                    f"127.0.0.1:{base + 7}, replicas on {G} and {G + 1}")
+                run.start_gunicorn(base + 7, G, base + 11)
         if any(c in args.configs for c in NODE_CONFIGS):  # while nmc starts its replicas
             log(f"npm install {' '.join(NPM_PACKAGES)} into the run's temp folder")
             why = run.npm_install()
             if why:
-                log(f"{why}: {', '.join(NODE_CONFIGS)} skipped")
-                notes.append(f"{', '.join(NODE_CONFIGS)} skipped: {why}")
-                args.configs = [c for c in args.configs if c not in NODE_CONFIGS]
+                for cfg in NODE_CONFIGS:
+                    if cfg in args.configs:
+                        skip(cfg, why)
         if not wait_http(P, NMC_START_LIMIT, run.procs["nmc"]):
-            log("nmc did not answer /healthz in time; its log:\n" + run.nmc_log_tail())
+            p = run.procs["nmc"]
+            log((f"nmc exited (code {p.returncode})" if p.poll() is not None else
+                 f"nmc did not answer /healthz within {NMC_START_LIMIT:g} s") +
+                ": nothing measured (every config needs its replicas); its log:\n" +
+                run.log_tail("nmc.log"))
             return 1
-        t_nmc = time.monotonic() - began
+        t_ready["nmc"] = time.monotonic() - began
         if not (wait_http(B, 10) and wait_http(B + 1, 10)):
             log("the replicas do not answer on their own ports")
             return 1
+        if "gunicorn-w2" in args.configs:
+            # 10 in a row on new connections: both workers relay (one supervises, one follows)
+            if wait_http(base + 7, NMC_START_LIMIT, run.procs["gunicorn-w2"], in_a_row=10) and \
+                    wait_http(G, 10) and wait_http(G + 1, 10):
+                t_ready["gunicorn-w2"] = time.monotonic() - began
+            else:
+                tail = run.log_tail("gunicorn.log", 6).replace("\n", " | ")
+                skip("gunicorn-w2", f"did not answer /healthz through its port within "
+                                    f"{NMC_START_LIMIT:g} s (its log: {tail})")
         run.port["direct"] = B
         run.commands["direct"] = f"(none: wrk straight at 127.0.0.1:{B}, replica 1 of nmc)"
         if "nginx-w1" in args.configs:
@@ -597,35 +618,33 @@ def main(argv=None) -> int:
             run.start_http_proxy(base + 6, B)
         for cfg in ("nginx-w1", "naive", "http-proxy"):
             if cfg in args.configs and not wait_http(run.port[cfg], 15, run.procs[cfg]):
-                log(f"{cfg} does not answer: skipped")
-                notes.append(f"{cfg} did not start (answer /healthz within 15 s): skipped")
-                args.configs.remove(cfg)
+                skip(cfg, "did not answer /healthz within 15 s")
         if "pm2-i2" in args.configs:
             log(f"pm2 start nodejs/server.js -i 2 on 127.0.0.1:{base + 5} (PM2_HOME in the temp folder)")
             if not run.start_pm2(base + 5):
-                log("pm2-i2 did not start (2 workers answering /healthz): skipped; pm2 kill")
-                notes.append("pm2-i2 did not start (daemon + 2 workers answering /healthz within "
-                             f"{PM2_LIMIT:g} + 15 s): skipped")
-                args.configs.remove("pm2-i2")
+                skip("pm2-i2", f"did not start (daemon + 2 workers answering /healthz within "
+                               f"{PM2_LIMIT:g} + 15 s)")
                 run.stop_pm2()
-        dp = {B: docker_proxy_pids(B), B + 1: docker_proxy_pids(B + 1)}
-        ids = run.containers()
-        node_pids = []
-        for cid in ids:
-            pid = cmd_out(["docker", "inspect", "-f", "{{.State.Pid}}", cid])
-            if pid.isdigit() and int(pid) > 0:
-                node_pids += tree(int(pid))
+        dp = {p: docker_proxy_pids(p) for p in (B, B + 1, G, G + 1)}
+        ids = labelled(run.name)
+        nodes = node_pids(run.name)
         node_version = cmd_out(["docker", "exec", ids[0], "node", "--version"]) if ids else "?"
         for cfg in args.configs:
             if cfg == "pm2-i2":  # front = the daemon (cluster primary), app = its 2 workers
                 groups_of[cfg] = {"proxy": [run.pm2_daemon], "dproxy": [], "node": run.pm2_workers}
-                rss0[cfg] = rss_mib([run.pm2_daemon])
-                rss0["pm2-workers"] = rss_mib(run.pm2_workers)
-                continue
-            proxy = [] if cfg == "direct" else tree(run.procs[cfg].pid)
-            dproxy = dp[B] if cfg == "direct" else dp[B] + dp[B + 1]
-            groups_of[cfg] = {"proxy": proxy, "dproxy": dproxy, "node": node_pids}
-            rss0[cfg] = rss_mib(proxy) if proxy else float("nan")
+                proxy_pids[cfg] = [run.pm2_daemon]
+            elif cfg == "gunicorn-w2":  # its own replicas
+                proxy_pids[cfg] = tree(run.procs[cfg].pid)
+                groups_of[cfg] = {"proxy": proxy_pids[cfg], "dproxy": dp[G] + dp[G + 1],
+                                  "node": node_pids(run.g_name)}
+            else:
+                proxy_pids[cfg] = [] if cfg == "direct" else tree(run.procs[cfg].pid)
+                groups_of[cfg] = {"proxy": proxy_pids[cfg],
+                                  "dproxy": dp[B] if cfg == "direct" else dp[B] + dp[B + 1],
+                                  "node": nodes}
+            rss0[cfg] = rss_mib(proxy_pids[cfg]) if proxy_pids[cfg] else NAN
+        if "pm2-i2" in args.configs:
+            rss0["pm2-workers"] = rss_mib(run.pm2_workers)
         if not dp[B]:
             notes.append("no `docker-proxy -host-port B` process found (userland-proxy off?): "
                          "its CPU is not measured")
@@ -638,208 +657,68 @@ def main(argv=None) -> int:
         n = len(args.configs)
         for r in range(args.reps):
             order = [args.configs[(i + r) % n] for i in range(n)]  # rotated each repetition
-            for c in (64, 256):
+            for load in LOADS:
+                wrk_args, path = load_args(load, dur, lua)
                 for cfg in order:
-                    log(f"rep {r + 1}/{args.reps} c{c} {cfg}")
-                    d = measure(run, wrk, cfg, "/healthz",
-                                ["-t1", f"-c{c}", f"-d{dur:g}s", "--latency"], dur, groups_of[cfg])
+                    log(f"rep {r + 1}/{args.reps} {load} {cfg}")
+                    d = measure(run, wrk, cfg, path, wrk_args, dur, groups_of[cfg],
+                                proxy_pids[cfg] if load in ("get10", "post10") else None)
                     d["rep"] = r + 1
-                    rows.setdefault((cfg, f"c{c}"), []).append(d)
-            for cfg in order:
-                log(f"rep {r + 1}/{args.reps} /big {cfg}")
-                d = measure(run, wrk, cfg, "/big?mb=10",
-                            ["-t1", "-c4", f"-d{dur:g}s", "--latency", "--timeout", "30s"], dur,
-                            groups_of[cfg])
-                d["rep"] = r + 1
-                rows.setdefault((cfg, "big"), []).append(d)
+                    rows.setdefault((cfg, load), []).append(d)
+            if not args.no_startup:
+                tests = [("nmc", 1), ("nmc", 8), ("docker", 1), ("docker", 8)]
+                for what, nrep in (tests[::-1] if r % 2 else tests):  # alternating order
+                    log(f"rep {r + 1}/{args.reps} start-up: {what} with {nrep} replica(s)")
+                    s = (time_nmc if what == "nmc" else time_docker)(nrep)
+                    s.update(what=what, rep=r + 1)
+                    starts.append(s)
+                    if s.get("leftovers"):
+                        notes.append(f"start-up test {s['name']}: {s['leftovers']} container(s) "
+                                     "left after nmc stopped (removed by bench.py)")
         for cfg in args.configs:
-            if cfg == "pm2-i2":
-                rss1[cfg] = rss_mib([run.pm2_daemon])
-                rss1["pm2-workers"] = rss_mib(run.pm2_workers)
-                if any(stat_fields(p) is None for p in [run.pm2_daemon, *run.pm2_workers]):
-                    notes.append("a PM2 process (daemon or worker) exited during the run")
-                continue
-            rss1[cfg] = rss_mib(tree(run.procs[cfg].pid)) if cfg != "direct" else float("nan")
-        if "nmc" in run.procs and run.procs["nmc"].poll() is not None:
-            notes.append(f"nmc exited during the run (code {run.procs['nmc'].returncode})")
+            rss1[cfg] = rss_mib(proxy_pids[cfg]) if proxy_pids[cfg] else NAN
+        if "pm2-i2" in args.configs:
+            rss1["pm2-workers"] = rss_mib(run.pm2_workers)
+            if any(stat_fields(p) is None for p in run.pm2_pids()):
+                notes.append("a PM2 process (daemon or worker) exited during the run")
+        if not args.no_idle:
+            for cfg in args.configs:
+                if cfg == "direct":
+                    continue
+                pids = run.pm2_pids() if cfg == "pm2-i2" else proxy_pids[cfg]
+                log(f"idle test: {IDLE_CONNS} keep-alive connections to {cfg}, held {args.hold:g} s")
+                idle[cfg] = idle_test(run.port[cfg], lambda pids=pids: pids, n=IDLE_CONNS,
+                                      hold=args.hold)
+        for cfg in ("nmc", "gunicorn-w2"):
+            if cfg in run.procs and run.procs[cfg].poll() is not None:
+                notes.append(f"{cfg} exited during the run (code {run.procs[cfg].returncode})")
     except Interrupted as e:
         interrupted = str(e)
         log(f"{e}: stopping everything")
     finally:
-        nmc_tail = run.nmc_log_tail(10)
-        log("stopping pm2 (pm2 kill), nginx, the naive relay, http-proxy and nmc (SIGTERM, by PID)")
+        tails = {cfg: run.log_tail(f, 10) for cfg, f in (("nmc", "nmc.log"),
+                                                         ("gunicorn-w2", "gunicorn.log"))}
+        log("stopping pm2 (pm2 kill), nginx, the naive relay, http-proxy, gunicorn and nmc "
+            "(SIGTERM, by PID)")
         run.stop_all()
-        log(f"pm2: {run.pm2_stop}; nmc {run.nmc_exit}; containers left of {run.name}: "
-            f"{len(run.leftovers)}{' (removed)' if run.leftovers else ''}")
+        log(f"pm2: {run.pm2_stop}; " + "; ".join(f"{k} {v}" for k, v in run.exits.items()) +
+            "; containers left: " + ", ".join(f"{k} {v}" for k, v in run.leftovers.items()))
 
     if not rows:
         return 130 if interrupted else 1
 
-    # -- the report ----------------------------------------------------------------------------
-    took = time.monotonic() - began
-    ng = {k: med(rows.get(("nginx-w1", k), []), "rps" if k != "big" else "mibs")
-          for k in ("c64", "c256", "big")}
-    ng_cpu = med(rows.get(("nginx-w1", "c64"), []), "us_proxy")
-    cfg_names = {"direct": "direct (1 replica)", "nginx-w1": "nginx-w1", "naive": "naive (before)",
-                 "nmc": "**nmc** (./nmc_server.py)",
-                 "pm2-i2": "pm2-i2 (PM2 cluster, 2 workers, no Docker: anchor)",
-                 "http-proxy": "http-proxy (node, keep-alive agent)"}
-    L = []
-    L.append(f"# nmc benchmark, {started_at.strftime('%Y-%m-%d %H:%M:%S UTC')}"
-             f"{' (--quick)' if args.quick else ''}")
-    L.append("")
-    L.append(f"{args.reps} interleaved repetition(s) (config order rotated each time), medians; "
-             f"wrk -t1, {args.duration:g} s per run; small = GET /healthz, big = GET /big?mb=10 "
-             f"with -c4. All configs relay to the same 2 replicas of one nmc cluster "
-             f"(`{run.name}`), published on 127.0.0.1:{run.port.get('direct')} and "
-             f"{run.port.get('direct', 0) + 1} through Docker's userland proxy.")
-    L.append("")
-    L.append("| config | c64 req/s | c64 p50 / p99 ms | c256 req/s | c256 p50 / p99 ms | errors "
-             "| CPU µs/req c64 / c256 | x nginx req/s c64 / c256 | x nginx CPU | "
-             "docker-proxy µs/req c64 | replicas µs/req c64 | total µs/req c64 | big MiB/s | x nginx big | "
-             "RSS MiB start → after |")
-    L.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for cfg in args.configs:
-        a, b, g = rows.get((cfg, "c64"), []), rows.get((cfg, "c256"), []), rows.get((cfg, "big"), [])
-        errs = sum(r["err"] for r in a + b + g)
-        sock = sum(r["sock_err"] for r in a + b + g)
-        cpu64, cpu256 = med(a, "us_proxy"), med(b, "us_proxy")
-        cpu = "— (no proxy)" if cfg == "direct" else f"{fmt(cpu64, 1)} / {fmt(cpu256, 1)}"
-        L.append("| " + " | ".join([
-            cfg_names[cfg],
-            fmt(med(a, "rps")), f"{fmt(med(a, 'p50'), 2)} / {fmt(med(a, 'p99'), 1)}",
-            fmt(med(b, "rps")), f"{fmt(med(b, 'p50'), 2)} / {fmt(med(b, 'p99'), 1)}",
-            f"{errs}" + (f" ({sock} socket)" if errs and sock else ""),
-            cpu,
-            f"{ratio(med(a, 'rps'), ng['c64'])} / {ratio(med(b, 'rps'), ng['c256'])}",
-            "—" if cfg == "direct" else ratio(cpu64, ng_cpu),
-            "— (no Docker)" if cfg == "pm2-i2" else fmt(med(a, "us_dproxy"), 1),
-            fmt(med(a, "us_node"), 1), fmt(med(a, "us_total"), 1),
-            fmt(med(g, "mibs")), ratio(med(g, "mibs"), ng["big"]),
-            "—" if cfg == "direct" else f"{fmt(rss0.get(cfg, float('nan')), 1)} → "
-                                        f"{fmt(rss1.get(cfg, float('nan')), 1)}" + (
-                " (daemon; workers {} → {})".format(fmt(rss0.get("pm2-workers", float("nan")), 1),
-                                                    fmt(rss1.get("pm2-workers", float("nan")), 1))
-                if cfg == "pm2-i2" else ""),
-        ]) + " |")
-    for name, what in TODO:
-        L.append(f"| {name} | TODO: {what} |" + " |" * 13)
-    L.append("")
-    L.append("Columns: errors = wrk socket errors (connect/read/write/timeout) + non-2xx answers, "
-             "summed over all runs of the config. CPU µs/req = utime+stime of the proxy's process "
-             "tree (nginx master+worker; the Python process with its threads; the node process of "
-             "http-proxy; for pm2-i2 the PM2 daemon only) ÷ requests; "
-             "x nginx = ratio to nginx-w1 in the same run (req/s: higher is better; CPU: how many "
-             "times nginx's CPU per request). docker-proxy = the `docker-proxy -host-port` "
-             "processes in the path (B only for direct, B and B+1 for the relays); replicas = the "
-             "two containers' node processes; total = the three (what the machine spends per "
-             "request, wrk and the kernel's loopback work aside). RSS = VmRSS of the proxy's "
-             "process tree after start-up and after all load. CPU % of the machine (2 CPUs = "
-             "200 %) during each run is in the per-run table below, with the share no measured "
-             "process accounts for (\"unattributed\": the kernel's softirq work on loopback, "
-             "dockerd, and anything else running on the machine at the same time; a high value "
-             "flags a run disturbed by other load).")
-    if "pm2-i2" in args.configs:
-        L.append("")
-        L.append("pm2-i2 is an anchor, not a like-for-like: PM2 cluster mode runs the site itself "
-                 "(nodejs/server.js, 2 workers on the host's node, outside Docker), so there is no "
-                 "proxy and no docker-proxy in its path: the daemon (cluster primary) accepts each "
-                 "connection once and hands its fd to a worker. Its CPU µs/req column is the PM2 "
-                 "daemon alone (front); its replicas column is its 2 workers; total = the two. "
-                 "Compare its total with the relays' totals (proxy + docker-proxy + replicas). "
-                 "Balance is per connection, not per request (a keep-alive connection stays on one "
-                 "worker). http-proxy is a per-request relay like nginx and nmc, on the same "
-                 "replicas and docker-proxies.")
-    if notes:
-        L.append("")
-        L += [f"- {n}" for n in notes]
-    if interrupted:
-        L.append(f"\n**Interrupted by {interrupted}: partial results.**")
-
-    L.append("\n## Per run\n")
-    L.append("| config | load | rep | req/s | p50 ms | p99 ms | MiB/s | errors | proxy CPU % | "
-             "proxy µs/req | docker-proxy CPU % / µs/req | replicas CPU % | wrk CPU % | machine busy % | "
-             "unattributed % |")
-    L.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for cfg in args.configs:
-        for kind in ("c64", "c256", "big"):
-            for r in rows.get((cfg, kind), []):
-                L.append("| " + " | ".join([
-                    cfg, kind, str(r.get("rep", "")), fmt(r["rps"]), fmt(r["p50"], 2),
-                    fmt(r["p99"], 1), fmt(r["mibs"]), str(r["err"]),
-                    "—" if cfg == "direct" else fmt(r.get("pct_proxy", float("nan"))),
-                    "—" if cfg == "direct" else fmt(r.get("us_proxy", float("nan")), 1),
-                    "— (no Docker)" if cfg == "pm2-i2" else
-                    f"{fmt(r.get('pct_dproxy', float('nan')))} / {fmt(r.get('us_dproxy', float('nan')), 1)}",
-                    fmt(r.get("pct_node", float("nan"))), fmt(r.get("pct_wrk", float("nan"))),
-                    fmt(r["machine_busy_pct"]), fmt(r.get("pct_other", float("nan"))),
-                ]) + " |" + (f" wrk failed: {r['failed']!r}" if "failed" in r else ""))
-
-    L.append("\n## Commands\n")
-    L.append("```")
-    L.append(f"make bench{' QUICK=1' if args.quick else ''}   ->   "
-             f"{Path(sys.executable).relative_to(ROOT) if str(sys.executable).startswith(str(ROOT)) else sys.executable} "
-             f"bench/bench.py {' '.join(sys.argv[1:])}")
-    for cfg in args.configs:
-        L.append(f"{cfg:9} {run.commands.get(cfg, '')}")
-    warm = 1 if args.quick else 2
-    L.append(f"warm-up   wrk -t1 -c256 -d{warm}s http://127.0.0.1:PORT/healthz   (once per config)")
-    L.append(f"small     wrk -t1 -c64 -d{args.duration:g}s --latency http://127.0.0.1:PORT/healthz")
-    L.append(f"          wrk -t1 -c256 -d{args.duration:g}s --latency http://127.0.0.1:PORT/healthz")
-    L.append(f"big       wrk -t1 -c4 -d{args.duration:g}s --latency --timeout 30s "
-             f"'http://127.0.0.1:PORT/big?mb=10'")
-    L.append("order     per repetition: c64 for every config, c256 for every config, big for "
-             "every config; config order rotated by one each repetition")
-    L.append("```")
-
-    L.append("\n## Machine and versions\n")
-    model = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
-                  if l.startswith("model name")), "?")
-    try:
-        import importlib.metadata as md
-        pyver = ", ".join(f"{p} {md.version(p)}" for p in ("gevent", "greenlet", "requests", "urllib3"))
-    except Exception:
-        pyver = "?"
-    load = Path("/proc/loadavg").read_text().split()[:3]
-    L.append(f"- nproc {os.cpu_count()}, CPU `{model}`, kernel {platform.release()}, "
-             f"load average at the end {' '.join(load)}")
-    L.append(f"- {cmd_out([wrk, '-v']).splitlines()[0] if cmd_out([wrk, '-v']) else 'wrk ?'}; "
-             f"{cmd_out([tools['nginx'], '-v']) if tools['nginx'] else 'nginx: not installed'}; "
-             f"Docker {cmd_out(['docker', 'version', '-f', '{{.Server.Version}}'])}; "
-             f"node in the image {node_version}" +
-             (f"; host node {run.versions.get('node', '?')}, pm2 {run.versions.get('pm2', '?')}, "
-              f"http-proxy {run.versions.get('http-proxy', '?')} (npm, temp folder)"
-              if run.versions else ""))
-    L.append(f"- Python {platform.python_version()}, {pyver}; "
-             f"{cmd_out([sys.executable, str(ROOT / 'nmc_server.py'), '-v'])}")
-    L.append(f"- source: {source_state()}")
-    if run.pm2_stop != "not started":
-        L.append(f"- pm2 stop: {run.pm2_stop}")
-    L.append(f"- nmc stop: {run.nmc_exit}; containers labelled nmc.cluster={run.name} left: "
-             f"{len(run.leftovers)}{' (removed by bench.py)' if run.leftovers else ''}")
-    L.append(f"- run took {took:.0f} s" + (f" (nmc answered after {t_nmc:.1f} s)" if t_nmc else ""))
-    if nmc_tail:
-        L.append("\nnmc's last log lines:\n\n```\n" + nmc_tail + "\n```")
-
-    report = "\n".join(L) + "\n"
+    from report import render  # the table, the targets and the details
+    report = render(args=args, run=run, rows=rows, rss0=rss0, rss1=rss1, idle=idle,
+                    starts=starts, notes=notes, skipped=skipped, interrupted=interrupted,
+                    tails=tails, t_ready=t_ready, took=time.monotonic() - began,
+                    started_at=started_at, wrk=wrk, nginx=tools["nginx"],
+                    node_version=node_version)
     print(report)
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"bench-{stamp}.md"
     out.write_text(report)
-    log(f"written {out.relative_to(ROOT)} ({took:.0f} s)")
+    log(f"written {out.relative_to(ROOT)} ({time.monotonic() - began:.0f} s)")
     return 130 if interrupted else 0
-
-
-def source_state() -> str:
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                              text=True, timeout=5).stdout.strip()
-        changed = subprocess.run(["git", "status", "--porcelain", "--", "nmc", "nmc_server.py"],
-                                 cwd=ROOT, capture_output=True, text=True, timeout=5).stdout.split("\n")
-    except (OSError, subprocess.SubprocessError):
-        return "unknown (no git)"
-    files = [line[3:] for line in changed if line.strip()]
-    return f"commit {head or '?'}" + (f", with uncommitted changes to {', '.join(files)}" if files else "")
 
 
 if __name__ == "__main__":

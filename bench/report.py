@@ -1,0 +1,390 @@
+"""bench.py's report: one table of every number, the issue's targets (met or not) under it, then
+the details (start-up and idle tests, every wrk run, commands, machine)."""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+from procstat import cmd_out
+
+ROOT = Path(__file__).resolve().parent.parent
+NAN = float("nan")
+NAMES = {"direct": "direct (1 replica)", "nginx-w1": "nginx-w1", "naive": "naive (before)",
+         "nmc": "**nmc** (./nmc_server.py)",
+         "gunicorn-w2": "**gunicorn-w2** (nmc.wsgi:app, own 2 replicas)",
+         "pm2-i2": "pm2-i2 (PM2 cluster, 2 workers, no Docker: anchor)",
+         "http-proxy": "http-proxy (node, keep-alive agent)"}
+LOAD_NAMES = {"c64": "GET small c64", "c256": "GET small c256", "get10": "GET 10 MiB c4",
+              "post10": "POST 10 MiB c4"}
+
+
+def med(runs: list[dict], key: str) -> float:
+    vals = [r[key] for r in runs if key in r and r[key] == r[key]]
+    return statistics.median(vals) if vals else NAN
+
+
+def fmt(x: float, nd: int = 0) -> str:
+    return "—" if x != x else f"{x:,.{nd}f}"
+
+
+def ratio(a: float, b: float) -> str:
+    return "—" if a != a or b != b or b == 0 else f"{a / b:.2f}"
+
+
+def _max(runs: list[dict], key: str) -> float:
+    vals = [r[key] for r in runs if key in r and r[key] == r[key]]
+    return max(vals) if vals else NAN
+
+
+def start_medians(starts: list[dict], what: str) -> dict[int, float]:
+    """Median seconds to ready per replica count; NaN when any attempt failed."""
+    out = {}
+    for n in (1, 8):
+        tries = [s for s in starts if s["what"] == what and s["n"] == n]
+        ok = [s["ready_s"] for s in tries if "ready_s" in s and "why" not in s]
+        out[n] = statistics.median(ok) if tries and len(ok) == len(tries) else NAN
+    return out
+
+
+def targets(args, rows, rss1, idle, starts, skipped) -> list[str]:
+    """The issue's targets, each: met / NOT met / not measured, with the numbers."""
+    def get(cfg, load):
+        return rows.get((cfg, load), [])
+
+    def missing(*cfgs) -> str | None:
+        for c in cfgs:
+            if c not in args.configs:
+                return f"{c} " + (f"skipped: {skipped[c]}" if c in skipped else "not run (--configs)")
+        return None
+
+    out = []
+
+    def line(what: str, ok: bool | None, value: str, why: str | None = None) -> None:
+        mark = "not measured" if ok is None else ("met" if ok else "**NOT met**")
+        out.append(f"- {mark}: {what}: {why if ok is None and why else value}")
+
+    nmc64, ng64 = med(get("nmc", "c64"), "rps"), med(get("nginx-w1", "c64"), "rps")
+    why = missing("nmc", "nginx-w1")
+    x = nmc64 / ng64 if not why and ng64 else NAN
+    line("nmc small GET c64 ≥ 0.12 × nginx-w1", None if x != x else x >= 0.12, f"{x:.3f} ×", why)
+    cpu = med(get("nmc", "c64"), "us_proxy")
+    line("nmc CPU ≤ 300 µs/req at c64", None if cpu != cpu else cpu <= 300, f"{cpu:.0f} µs/req",
+         missing("nmc"))
+    naive = med(get("naive", "c64"), "rps")
+    why = missing("nmc", "naive")
+    x = nmc64 / naive if not why and naive else NAN
+    line("nmc ≥ 3 × naive (req/s, c64)", None if x != x else x >= 3, f"{x:.3f} ×", why)
+    p99, p99b = med(get("nmc", "c64"), "p99"), med(get("nmc", "c256"), "p99")
+    line("nmc p99 ≤ 40 ms (c64)", None if p99 != p99 else p99 <= 40,
+         f"{p99:.1f} ms (at c256: {fmt(p99b, 1)} ms)", missing("nmc"))
+    errs = sum(r["err"] for r in get("nmc", "c256"))
+    line("nmc 0 errors at c256", None if not get("nmc", "c256") else errs == 0,
+         f"{errs} in {sum(r['reqs'] for r in get('nmc', 'c256')):,} requests", missing("nmc"))
+    g64 = med(get("gunicorn-w2", "c64"), "rps")
+    why = missing("gunicorn-w2", "nginx-w1")
+    x = g64 / ng64 if not why and ng64 else NAN
+    line("gunicorn-w2 small GET c64 ≥ 0.15 × nginx-w1", None if x != x else x >= 0.15,
+         f"{x:.3f} ×", why)
+    why = missing("nmc", "nginx-w1")
+    parts, oks = [], []
+    for load, word in (("get10", "GET"), ("post10", "POST")):
+        a, b = med(get("nmc", load), "mibs"), med(get("nginx-w1", load), "mibs")
+        x = a / b if b else NAN
+        oks.append(None if x != x else x >= 0.9)
+        parts.append(f"{word} {x:.3f} ×")
+    grow = _max(get("nmc", "get10") + get("nmc", "post10"), "rss_growth")
+    oks.append(None if grow != grow else grow < 10)
+    parts.append(f"RSS grew by at most {grow:.1f} MiB during them")
+    ok = None if why or None in oks else all(oks)
+    line("nmc 10 MiB ≥ 0.9 × nginx-w1 both directions, with flat RSS (grows < 10 MiB)", ok,
+         ", ".join(parts), why)
+    rss = rss1.get("nmc", NAN)
+    line("nmc RSS ≤ 60 MB after load", None if rss != rss else rss <= 60, f"{rss:.1f} MiB",
+         missing("nmc"))
+    i = idle.get("nmc", {})
+    kib = i.get("kib_per_conn", NAN)
+    full = i.get("opened") == i.get("n")
+    line(f"nmc ≤ 16 kB per idle client connection at {i.get('n', 5000):,}",
+         None if kib != kib else (kib <= 16 and full),
+         f"{kib:.1f} kB" + ("" if full else f" (only {i.get('opened')} of {i.get('n')} opened)"),
+         missing("nmc") or ("--no-idle" if args.no_idle else i.get("error", "no result")))
+    s = start_medians(starts, "nmc")
+    x = s[8] / s[1] if s[1] == s[1] and s[8] == s[8] else NAN
+    d = start_medians(starts, "docker")
+    line("nmc 8 replicas ready in ≤ 2 × the time of 1", None if x != x else x <= 2,
+         f"{x:.3f} × ({s[1]:.2f} s → {s[8]:.2f} s; docker run alone {fmt(d[1], 2)} s → "
+         f"{fmt(d[8], 2)} s, {ratio(d[8], d[1])} ×)",
+         "--no-startup" if args.no_startup else "a start-up attempt failed (see below)")
+    return out
+
+
+def render(*, args, run, rows, rss0, rss1, idle, starts, notes, skipped, interrupted, tails,
+           t_ready, took, started_at, wrk, nginx, node_version) -> str:
+    ng = {k: med(rows.get(("nginx-w1", k), []), "rps" if k in ("c64", "c256") else "mibs")
+          for k in ("c64", "c256", "get10", "post10")}
+    ng_cpu = med(rows.get(("nginx-w1", "c64"), []), "us_proxy")
+    nmc_start, docker_start = start_medians(starts, "nmc"), start_medians(starts, "docker")
+    B = run.port.get("direct", 0)
+    L = [f"# nmc benchmark, {started_at.strftime('%Y-%m-%d %H:%M:%S UTC')}"
+         f"{' (--quick)' if args.quick else ''}", ""]
+    L.append(f"{args.reps} interleaved repetition(s) (config order rotated each time), medians; "
+             f"wrk -t1, {args.duration:g} s per run; small = GET /healthz at -c64 and -c256; "
+             f"10 MiB = GET /big?mb=10 and POST /echo with a 10 MiB body, -c4. nginx-w1, naive, "
+             f"nmc and http-proxy relay to the same 2 replicas (cluster `{run.name}`, "
+             f"127.0.0.1:{B} and {B + 1}, through Docker's userland proxy); gunicorn-w2 to its "
+             f"own 2 replicas of the same image (`{run.g_name}`); pm2-i2 runs the site itself.")
+    L.append("")
+    L.append("| config | c64 req/s | c64 p50 / p99 ms | c256 req/s | c256 p50 / p99 ms "
+             "| errors c64 / c256 / 10 MiB | CPU µs/req c64 / c256 | x nginx req/s c64 / c256 "
+             "| x nginx CPU c64 | docker-proxy µs/req c64 | replicas µs/req c64 | total µs/req c64 "
+             "| GET 10 MiB MiB/s (x nginx) | POST 10 MiB MiB/s (x nginx) "
+             "| RSS MiB start → after load | RSS growth in 10 MiB runs, MiB "
+             f"| RSS MiB with {5000:,} idle (kB/conn) | start 1 / 8 replicas, s |")
+    L.append("|---|" + "---:|" * 17)
+    for cfg in args.asked:
+        if cfg not in args.configs:
+            why = skipped.get(cfg, "not run")
+            L.append(f"| {NAMES[cfg]} | skipped: {why} |" + " |" * 16)
+            continue
+        a, b = rows.get((cfg, "c64"), []), rows.get((cfg, "c256"), [])
+        big = rows.get((cfg, "get10"), []) + rows.get((cfg, "post10"), [])
+        proxy = cfg != "direct"
+        cpu64, cpu256 = med(a, "us_proxy"), med(b, "us_proxy")
+        i = idle.get(cfg)
+        if not proxy:
+            idle_cell = "— (a replica)"
+        elif i is None:
+            idle_cell = "— (--no-idle)" if args.no_idle else "—"
+        elif "error" in i:
+            idle_cell = f"failed: {i['error']}"
+        else:
+            idle_cell = (f"{i['rss_open'] / 1024:,.1f} ({i['kib_per_conn']:.1f})" +
+                         (f", {i['failed']} failed" if i["failed"] else ""))
+        if cfg == "nmc" and starts:
+            start_cell = (f"{fmt(nmc_start[1], 2)} / {fmt(nmc_start[8], 2)} (docker run alone "
+                          f"{fmt(docker_start[1], 2)} / {fmt(docker_start[8], 2)})")
+        else:
+            start_cell = "—"
+        rss_cell = "—"
+        if proxy:
+            rss_cell = f"{fmt(rss0.get(cfg, NAN), 1)} → {fmt(rss1.get(cfg, NAN), 1)}"
+            if cfg == "pm2-i2":
+                rss_cell += (f" (daemon; workers {fmt(rss0.get('pm2-workers', NAN), 1)} → "
+                             f"{fmt(rss1.get('pm2-workers', NAN), 1)})")
+        L.append("| " + " | ".join([
+            NAMES[cfg],
+            fmt(med(a, "rps")), f"{fmt(med(a, 'p50'), 2)} / {fmt(med(a, 'p99'), 1)}",
+            fmt(med(b, "rps")), f"{fmt(med(b, 'p50'), 2)} / {fmt(med(b, 'p99'), 1)}",
+            " / ".join(str(sum(r["err"] for r in runs)) for runs in (a, b, big)),
+            f"{fmt(cpu64, 1)} / {fmt(cpu256, 1)}" if proxy else "— (no proxy)",
+            f"{ratio(med(a, 'rps'), ng['c64'])} / {ratio(med(b, 'rps'), ng['c256'])}",
+            ratio(cpu64, ng_cpu) if proxy else "—",
+            "— (no Docker)" if cfg == "pm2-i2" else fmt(med(a, "us_dproxy"), 1),
+            fmt(med(a, "us_node"), 1), fmt(med(a, "us_total"), 1),
+            *(f"{fmt(med(rows.get((cfg, k), []), 'mibs'))} "
+              f"({ratio(med(rows.get((cfg, k), []), 'mibs'), ng[k])})" for k in ("get10", "post10")),
+            rss_cell,
+            fmt(_max(big, "rss_growth"), 1) if proxy else "—",
+            idle_cell, start_cell,
+        ]) + " |")
+    L.append("")
+    L.append("Targets (from the issue; this run, medians):")
+    L.append("")
+    L += targets(args, rows, rss1, idle, starts, skipped)
+    for cfg in args.configs:
+        for load in LOAD_NAMES:
+            runs = rows.get((cfg, load), [])
+            non2xx, sock = sum(r["non2xx"] for r in runs), sum(r["sock_err"] for r in runs)
+            if non2xx or sock:
+                kinds = {}
+                for r in runs:
+                    for k, v in r.get("sock", {}).items():
+                        kinds[k] = kinds.get(k, 0) + v
+                detail = ", ".join(f"{k} {v}" for k, v in kinds.items() if v)
+                notes.append(f"{cfg} {LOAD_NAMES[load]}: {non2xx} non-2xx answer(s) and {sock} "
+                             f"socket error(s){f' ({detail})' if detail else ''} in "
+                             f"{sum(r['reqs'] for r in runs):,} requests")
+    if rows.get(("naive", "post10")) and sum(r["non2xx"] for r in rows[("naive", "post10")]):
+        notes.append("naive's POSTs fail by design of the 'before' line: requests sends the "
+                     "client's body (data=wsgi.input) with both Content-Length and "
+                     "Transfer-Encoding: chunked, which node refuses with a 400")
+    if notes or interrupted:
+        L.append("")
+        L += [f"- {n}" for n in notes]
+        if interrupted:
+            L.append(f"\n**Interrupted by {interrupted}: partial results.**")
+    L.append("")
+    L.append(
+        "Columns: errors = wrk socket errors (connect/read/write/timeout) + non-2xx answers, "
+        "summed over the runs (10 MiB: GET and POST). CPU µs/req = utime+stime of the proxy's "
+        "process tree (nginx master+worker; the Python process with its threads; gunicorn's "
+        "master + 2 workers; the node process of http-proxy; for pm2-i2 the PM2 daemon only) ÷ "
+        "requests; x nginx = ratio to nginx-w1 in the same run (req/s and MiB/s: higher is "
+        "better; CPU: how many times nginx's CPU per request). docker-proxy = the "
+        "`docker-proxy -host-port` processes in the path (one for direct, two for the relays); "
+        "replicas = the two containers' node processes; total = the three (what the machine "
+        "spends per request, wrk and the kernel's loopback work aside). MiB/s = answers 2xx × "
+        "10 MiB per second (the POST's bytes go up, its answer is the echo's small JSON; the "
+        "replica hashes the body, so direct, one replica, is not the limit for POST). "
+        "RSS = VmRSS of the proxy's process tree (kB and MB as /proc counts them: KiB, MiB) "
+        "after start-up and after all load; growth in 10 MiB runs = the most its RSS, sampled "
+        "every 0.1 s, rose above its value at the start of a 10 MiB run (\"flat\": less than "
+        "one body, while 4 are in flight). Idle: RSS with 5,000 keep-alive client connections "
+        "open, each after one GET, and (RSS with them − RSS before) ÷ 5,000. Start: median "
+        "seconds from starting ./nmc_server.py -n 1 / -n 8 (image built) to its \"serving "
+        "on\" line; `docker run` alone = the same count of `docker run -d` at once until each "
+        "answers /healthz: the floor under nmc's. The CPU % of the machine during each run is "
+        "in the per-run table below (\"unattributed\" = what no measured process accounts "
+        "for: the kernel's loopback work, dockerd, anything else running; a high value flags a "
+        "run disturbed by other load).")
+    if "pm2-i2" in args.configs:
+        L.append("")
+        L.append("pm2-i2 is an anchor, not a like-for-like: PM2 cluster mode runs the site itself "
+                 "(nodejs/server.js, 2 workers on the host's node, outside Docker), so there is no "
+                 "proxy and no docker-proxy in its path: the daemon (cluster primary) accepts each "
+                 "connection once and hands its fd to a worker. Its CPU µs/req column is the PM2 "
+                 "daemon alone (front); its replicas column is its 2 workers; total = the two; its "
+                 "idle RSS counts daemon + workers (the connections live in the workers). "
+                 "Balance is per connection, not per request.")
+    if "gunicorn-w2" in args.configs:
+        L.append("")
+        L.append("gunicorn-w2 relays to replicas of its own (its supervising worker starts and "
+                 "removes them), so its docker-proxy and replicas columns are those two; it "
+                 f"answered through its port {fmt(t_ready.get('gunicorn-w2', NAN), 1)} s after "
+                 f"the run began (nmc: {fmt(t_ready.get('nmc', NAN), 1)} s).")
+
+    if starts:
+        L.append("\n## Start-up\n")
+        L.append("| rep | what | replicas | ready s | stop | note |")
+        L.append("|---:|---|---:|---:|---|---|")
+        for s in starts:
+            L.append(f"| {s['rep']} | {'./nmc_server.py' if s['what'] == 'nmc' else 'docker run -d'} "
+                     f"| {s['n']} | {fmt(s.get('ready_s', NAN), 2)} | {s.get('stop', 'docker rm -f')} "
+                     f"| {s.get('why', '')}"
+                     f"{'; ' + str(s['leftovers']) + ' left, removed' if s.get('leftovers') else ''} |")
+
+    if idle:
+        L.append(f"\n## {5000:,} idle keep-alive connections\n")
+        L.append("| config | opened (failed) | in s | RSS MiB before → with them → after hold → "
+                 "after closing | kB/conn | fresh request ms median / max | request on an idle "
+                 "one ms | still answering after the hold |")
+        L.append("|---|---:|---:|---:|---:|---:|---:|---:|")
+        for cfg, i in idle.items():
+            if "error" in i:
+                L.append(f"| {cfg} | failed: {i['error']} |" + " |" * 6)
+                continue
+            L.append("| " + " | ".join([
+                cfg, f"{i['opened']:,} ({i['failed']})", fmt(i["t_open"], 1),
+                " → ".join(fmt(i[k] / 1024, 1) for k in ("rss_before", "rss_open", "rss_hold",
+                                                          "rss_closed")),
+                fmt(i["kib_per_conn"], 1),
+                f"{fmt(i['fresh_ms'], 2)} / {fmt(i['fresh_max_ms'], 2)} ({i['fresh_ok']}/20 ok)",
+                fmt(i.get("reuse_ms", NAN), 2),
+                f"{i['alive']}/{i['sampled']} sampled after {i['hold']:g} s",
+            ]) + " |" + (f" first failure: {i['why']}" if i["failed"] else ""))
+
+    L.append("\n## Per run\n")
+    L.append("| config | load | rep | req/s | p50 ms | p99 ms | MiB/s | errors | proxy CPU % | "
+             "proxy µs/req | docker-proxy CPU % / µs/req | replicas CPU % | wrk CPU % | "
+             "machine busy % | unattributed % | RSS growth MiB |")
+    L.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for cfg in args.configs:
+        proxy = cfg != "direct"
+        for load in LOAD_NAMES:
+            for r in rows.get((cfg, load), []):
+                L.append("| " + " | ".join([
+                    cfg, LOAD_NAMES[load], str(r.get("rep", "")), fmt(r["rps"]), fmt(r["p50"], 2),
+                    fmt(r["p99"], 1), fmt(r["mibs"]) if load in ("get10", "post10") else "",
+                    str(r["err"]),
+                    fmt(r.get("pct_proxy", NAN)) if proxy else "—",
+                    fmt(r.get("us_proxy", NAN), 1) if proxy else "—",
+                    "— (no Docker)" if cfg == "pm2-i2" else
+                    f"{fmt(r.get('pct_dproxy', NAN))} / {fmt(r.get('us_dproxy', NAN), 1)}",
+                    fmt(r.get("pct_node", NAN)), fmt(r.get("pct_wrk", NAN)),
+                    fmt(r["machine_busy_pct"]), fmt(r.get("pct_other", NAN)),
+                    fmt(r.get("rss_growth", NAN), 1),
+                ]) + " |" + (f" wrk failed: {r['failed']!r}" if "failed" in r else ""))
+
+    L.append("\n## Commands\n")
+    L.append("```")
+    exe = (Path(sys.executable).relative_to(ROOT) if str(sys.executable).startswith(str(ROOT))
+           else sys.executable)
+    L.append(f"make bench{' QUICK=1' if args.quick else ''}   ->   {exe} bench/bench.py "
+             f"{' '.join(sys.argv[1:])}")
+    for cfg in args.configs:
+        L.append(f"{cfg:11} {run.commands.get(cfg, '')}")
+    warm = 1 if args.quick else 2
+    d = f"{args.duration:g}"
+    L.append(f"warm-up     wrk -t1 -c256 -d{warm}s http://127.0.0.1:PORT/healthz   (once per config)")
+    L.append(f"small       wrk -t1 -c64 -d{d}s --latency http://127.0.0.1:PORT/healthz")
+    L.append(f"            wrk -t1 -c256 -d{d}s --latency http://127.0.0.1:PORT/healthz")
+    L.append(f"GET 10 MiB  wrk -t1 -c4 -d{d}s --latency --timeout 30s "
+             f"'http://127.0.0.1:PORT/big?mb=10'")
+    L.append(f"POST 10 MiB wrk -t1 -c4 -d{d}s --latency --timeout 30s -s post10m.lua "
+             f"http://127.0.0.1:PORT/echo   (wrk.method = \"POST\", wrk.body = 10 MiB of 'x')")
+    L.append("order       per repetition: small c64 for every config, then c256, GET 10 MiB, "
+             "POST 10 MiB; config order rotated by one each repetition; then the start-up test")
+    if starts:
+        L.append(f"start-up    {starts[0].get('command', '').replace(' -n 1 ', ' -n N ')}"
+                 "   (N = 1, 8; throwaway name, free ports; SIGTERM after)")
+        L.append("            docker run -d --name NAME-PORT --label nmc.cluster=NAME "
+                 "-e NMC_REPLICA=NAME-PORT -p 127.0.0.1:PORT:8080 nodejs.org   (x N at once)")
+    if idle:
+        L.append(f"idle        bench/idle_conns.py: {5000:,} connections, each GET /healthz "
+                 f"keep-alive once, held {args.hold:g} s (after all load)")
+    L.append("```")
+
+    L.append("\n## Machine and versions\n")
+    model = next((line.split(":", 1)[1].strip() for line in
+                  Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")),
+                 "?")
+    try:
+        import importlib.metadata as md
+        pyver = ", ".join(f"{p} {md.version(p)}" for p in ("gevent", "greenlet", "requests",
+                                                           "urllib3", "gunicorn"))
+    except Exception:
+        pyver = "?"
+    load = Path("/proc/loadavg").read_text().split()[:3]
+    L.append(f"- nproc {os.cpu_count()}, CPU `{model}`, kernel {platform.release()}, "
+             f"load average at the end {' '.join(load)}")
+    wrk_v = cmd_out([wrk, "-v"])
+    L.append(f"- {wrk_v.splitlines()[0] if wrk_v else 'wrk ?'}; "
+             f"{cmd_out([nginx, '-v']) if nginx else 'nginx: not installed'}; "
+             f"Docker {cmd_out(['docker', 'version', '-f', '{{.Server.Version}}'])}; "
+             f"node in the image {node_version}" +
+             (f"; host node {run.versions.get('node', '?')}, pm2 {run.versions.get('pm2', '?')}, "
+              f"http-proxy {run.versions.get('http-proxy', '?')} (npm, temp folder)"
+              if run.versions else ""))
+    L.append(f"- Python {platform.python_version()}, {pyver}; "
+             f"{cmd_out([sys.executable, str(ROOT / 'nmc_server.py'), '-v'])}")
+    L.append(f"- source: {source_state()}")
+    if run.pm2_stop != "not started":
+        L.append(f"- pm2 stop: {run.pm2_stop}")
+    for cfg, cluster in (("nmc", run.name), ("gunicorn-w2", run.g_name)):
+        if cfg in run.exits:
+            left = run.leftovers.get(cluster, 0)
+            L.append(f"- {cfg} stop: {run.exits[cfg]}; containers labelled nmc.cluster={cluster} "
+                     f"left: {left}{' (removed by bench.py)' if left else ''}")
+    L.append(f"- run took {took:.0f} s" + (f" (nmc answered after {t_ready['nmc']:.1f} s)"
+                                           if "nmc" in t_ready else ""))
+    for cfg, tail in tails.items():
+        if tail:
+            L.append(f"\n{cfg}'s last log lines:\n\n```\n{tail}\n```")
+    return "\n".join(L) + "\n"
+
+
+def source_state() -> str:
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                              text=True, timeout=5).stdout.strip()
+        changed = subprocess.run(["git", "status", "--porcelain", "--", "nmc", "nmc_server.py"],
+                                 cwd=ROOT, capture_output=True, text=True, timeout=5).stdout.split("\n")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown (no git)"
+    files = [line[3:] for line in changed if line.strip()]
+    return f"commit {head or '?'}" + (f", with uncommitted changes to {', '.join(files)}" if files else "")
