@@ -10,15 +10,17 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
     packages=find_packages(include=["nmc", "nmc.*"]),
+    package_data={"nmc": ["dashboard.html"]},  # the admin port's page (GET /)
     install_requires=[
         "gevent>=24.2",
         "requests>=2.31",
         "docker>=7.0",
         "docopt-ng>=0.9",
+        "prometheus-client>=0.17",
     ],
     extras_require={
         "gunicorn": ["gunicorn>=23"],
-        "test": ["pytest>=8", "gunicorn>=23"],
+        "test": ["pytest>=8", "gunicorn>=23", "selenium>=4.11"],
     },
     entry_points={"console_scripts": ["nmc-server=nmc.__main__:run"]},
 )

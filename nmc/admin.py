@@ -1,26 +1,49 @@
 """The admin interface: a second listener (127.0.0.1:3100 by default), never the public port.
 
+    GET  /          the live dashboard (nmc/dashboard.html: one page, no outside resources)
     GET  /status    the cluster as JSON: settings, each replica, totals
+    GET  /metrics   Prometheus text format (nmc.metrics)
     POST /scale     {"replicas": N}: grow or shrink the pool (answers when done)
     POST /rollout   {"image": "name"} (optional): zero-downtime rolling update (answers when done)
 
-`nmc-server status | scale N | rollout` are clients of it (see `call`).
+`nmc-server status | scale N | rollout` are clients of it (see `call`). The POST routes take
+only `Content-Type: application/json` (else 415): a cross-site HTML form cannot send that, and a
+cross-site fetch that sets it needs a CORS preflight, which this listener never grants.
 """
 
 from __future__ import annotations
 
+import importlib.resources
 import json
 import time
 
 import requests
 
+from nmc import metrics
 from nmc.config import Config
 from nmc.errors import NmcError, UsageError
-from nmc.pool import Replica, State
+from nmc.pool import LATENCY_BUCKETS, Replica, State
 from nmc.supervisor import Supervisor
 
 MAX_BODY = 64 * 1024
 CHANGE_TIMEOUT = 3600  # seconds a client waits for a scale or rollout to finish
+
+# The dashboard runs only its own inline script and talks only to this listener; no other site
+# may frame it (its buttons change the cluster).
+DASHBOARD_HEADERS = [
+    ("Content-Type", "text/html; charset=utf-8"),
+    ("Cache-Control", "no-store"),
+    ("Content-Security-Policy", ("default-src 'none'; script-src 'unsafe-inline'; "
+                                 "style-src 'unsafe-inline'; connect-src 'self'; img-src data:; "
+                                 "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")),
+    ("X-Frame-Options", "DENY"),
+    ("X-Content-Type-Options", "nosniff"),
+    ("Referrer-Policy", "no-referrer"),
+]
+
+
+class UnsupportedMediaType(UsageError):
+    """A POST whose body is not declared as JSON (415)."""
 
 
 class AdminApp:
@@ -30,6 +53,7 @@ class AdminApp:
         self.config = config
         self.supervisor = supervisor
         self.started = started or time.time()
+        self._dashboard: bytes | None = None
 
     def __call__(self, environ, start_response):
         method, path = environ["REQUEST_METHOD"], environ.get("PATH_INFO", "/")
@@ -38,6 +62,18 @@ class AdminApp:
             ("POST", "/scale"): self.scale,
             ("POST", "/rollout"): self.rollout,
         }
+        if (method, path) == ("GET", "/metrics"):
+            body = metrics.exposition(self.supervisor)
+            start_response("200 OK", [("Content-Type", metrics.CONTENT_TYPE_LATEST),
+                                      ("Content-Length", str(len(body)))])
+            return [body]
+        if path == "/":
+            if method != "GET":
+                return _json(start_response, 405, {"error": f"{method} not allowed on /"},
+                             [("Allow", "GET")])
+            body = self.dashboard()
+            start_response("200 OK", [*DASHBOARD_HEADERS, ("Content-Length", str(len(body)))])
+            return [body]
         handler = routes.get((method, path))
         if handler is None:
             allowed = [m for (m, p) in routes if p == path]
@@ -47,12 +83,20 @@ class AdminApp:
             return _json(start_response, 404, {"error": f"no such admin path: {path}"})
         try:
             return _json(start_response, 200, handler(environ))
+        except UnsupportedMediaType as e:
+            return _json(start_response, 415, {"error": str(e)})
         except UsageError as e:
             return _json(start_response, 400, {"error": str(e)})
         except NmcError as e:
             return _json(start_response, 409, {"error": str(e)})
 
     # -- routes ------------------------------------------------------------------------------
+
+    def dashboard(self) -> bytes:
+        """The page, read from the package once (it is package data: see setup.py)."""
+        if self._dashboard is None:
+            self._dashboard = importlib.resources.files("nmc").joinpath("dashboard.html").read_bytes()
+        return self._dashboard
 
     def status(self, environ) -> dict:
         replicas = [replica_status(r) for r in self.supervisor.pool]
@@ -108,10 +152,24 @@ def replica_status(replica: Replica) -> dict:
         "errors": replica.errors,
         "restarts": replica.restarts,
         "last_exit_code": replica.last_exit_code,
+        "latency_buckets": latency_buckets(replica.stats.latency_counts),
     }
 
 
+def latency_buckets(counts: list[int]) -> list[list]:
+    """The relay's latency counts as a cumulative histogram, Prometheus-style:
+    [[upper bound in seconds, requests that took at most that], ..., ["+Inf", all requests]]."""
+    cumulative, buckets = 0, []
+    for bound, count in zip((*LATENCY_BUCKETS, "+Inf"), list(counts)):
+        cumulative += count
+        buckets.append([bound, cumulative])
+    return buckets
+
+
 def _read_json(environ) -> dict:
+    media_type = environ.get("CONTENT_TYPE", "").split(";", 1)[0].strip().lower()
+    if media_type != "application/json":
+        raise UnsupportedMediaType("send the body as JSON, with Content-Type: application/json")
     try:
         length = int(environ.get("CONTENT_LENGTH") or 0)
     except ValueError:
@@ -133,7 +191,7 @@ def _read_json(environ) -> dict:
 def _json(start_response, status: int, data: dict, headers=()) -> list[bytes]:
     body = json.dumps(data, indent=1).encode() + b"\n"
     reason = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
-              409: "Conflict"}[status]
+              409: "Conflict", 415: "Unsupported Media Type"}[status]
     start_response(f"{status} {reason}", [("Content-Type", "application/json"),
                                           ("Content-Length", str(len(body))),
                                           ("Cache-Control", "no-store"), *headers])

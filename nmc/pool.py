@@ -6,6 +6,7 @@ A replica's life is a small state machine; every transition goes through
 
 from __future__ import annotations
 
+import bisect
 import enum
 import logging
 import time
@@ -23,6 +24,30 @@ class State(enum.Enum):
     DRAINING = "draining"  # out of the rotation on purpose (scale down, rollout), finishing requests
     STOPPING = "stopping"  # being removed on purpose
     STOPPED = "stopped"    # removed, or left running for the next start (--keep)
+
+
+# Upper bounds (seconds) of the request latency histogram's buckets (Prometheus' defaults).
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
+
+
+@dataclass(eq=False)
+class ReplicaStats:
+    """What the relay counted for one replica: plain numbers, read by /status and /metrics."""
+
+    by_class: dict = field(default_factory=lambda: {"1xx": 0, "2xx": 0, "3xx": 0, "4xx": 0,
+                                                    "5xx": 0})
+    latency_counts: list = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))
+    latency_sum: float = 0.0
+    connect_errors: int = 0
+    bytes_in: int = 0    # request bodies sent to the replica
+    bytes_out: int = 0   # answer bodies received from it
+    checks: dict = field(default_factory=lambda: {"pass": 0, "fail": 0})
+
+    def record(self, status: int, seconds: float) -> None:
+        """One answer relayed: its status class and its time to the last byte."""
+        self.by_class[f"{status // 100}xx"] = self.by_class.get(f"{status // 100}xx", 0) + 1
+        self.latency_counts[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        self.latency_sum += seconds
 
 
 @dataclass(eq=False)
@@ -46,6 +71,7 @@ class Replica:
     requests: int = 0               # requests relayed to it
     errors: int = 0                 # of those, failed to connect or broke (502/504)
     last_exit_code: int | None = None  # of its last container that exited
+    stats: ReplicaStats = field(default_factory=ReplicaStats)
 
     @property
     def url(self) -> str:

@@ -248,6 +248,7 @@ class Supervisor:
         result = self.checker.check(replica.url)
         if replica in self._replacing or self.stopping:
             return
+        replica.stats.checks["pass" if result.ok else "fail"] += 1
         if result.ok:
             replica.check_passes, replica.check_fails = replica.check_passes + 1, 0
         else:
@@ -278,6 +279,7 @@ class Supervisor:
 
     def report_failure(self, replica: Replica, reason: str) -> None:
         """The proxy could not reach `replica`: out of the rotation now, and checked at once."""
+        replica.stats.connect_errors += 1
         if self.stopping or replica.state is not State.READY:
             return
         replica.change_state(State.DOWN, reason)

@@ -147,6 +147,9 @@ def test_bad_scale_requests_are_refused_in_one_line(admin_cluster):
         assert result.returncode in (1, 2), result
         assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
     answer = requests.post(cluster.admin + "/scale", data=b"{not json", timeout=5)
+    assert answer.status_code == 415 and "JSON" in answer.json()["error"]  # no JSON content type
+    answer = requests.post(cluster.admin + "/scale", data=b"{not json", timeout=5,
+                           headers={"Content-Type": "application/json"})
     assert answer.status_code == 400 and "JSON" in answer.json()["error"]
     assert requests.get(cluster.admin + "/scale", timeout=5).status_code == 405
 
@@ -236,3 +239,34 @@ def test_sighup_rolls_out_the_rebuilt_image(admin_cluster, docker_client, cluste
     assert set(running(docker_client, cluster_name).values()) == {second}
     assert requests.get(cluster.url + "/healthz", timeout=5).status_code == 200
     assert cluster.status()["image"] == f"{cluster_name}:app"
+
+
+# ------------------------------------------------------------------------------------------------
+# metrics
+
+
+def test_metrics_are_prometheus_text_with_the_cluster_s_numbers(admin_cluster, cluster_name):
+    """Parsed by prometheus-client's own parser: the format is right, and the numbers that the
+    supervisor keeps (states, checks, restarts) are there."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    cluster = admin_cluster()
+    for _ in range(10):
+        assert requests.get(cluster.url + "/whoami", timeout=5).status_code == 200
+    time.sleep(2.5)  # two rounds of health checks
+    answer = requests.get(cluster.admin + "/metrics", timeout=5)
+    assert answer.status_code == 200
+    assert answer.headers["Content-Type"].startswith("text/plain; version=")
+    samples = {}
+    for family in text_string_to_metric_families(answer.text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    names = [f"{cluster_name}-{r['port']}" for r in cluster.status()["replicas"]]
+    assert samples[("nmc_replicas", (("state", "ready"),))] == 2
+    for name in names:
+        assert samples[("nmc_health_checks_total", (("replica", name), ("result", "pass")))] >= 2
+        assert samples[("nmc_replica_restarts_total", (("replica", name),))] == 0
+    for name in names:  # the families are there for every replica (the relay's counts: #7)
+        assert ("nmc_requests_total", (("code", "2xx"), ("replica", name))) in samples
+        assert ("nmc_request_duration_seconds_count", (("replica", name),)) in samples
+        assert ("nmc_requests_in_flight", (("replica", name),)) in samples

@@ -1,0 +1,69 @@
+"""GET /metrics on the admin port: Prometheus' text format, via prometheus-client.
+
+The relay only adds to plain numbers on each replica (pool.ReplicaStats): nothing of
+prometheus-client runs per request. This collector turns those numbers into metric families
+when Prometheus scrapes, so replicas added or removed by a scale appear and disappear with it.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.core import (CollectorRegistry, CounterMetricFamily, GaugeMetricFamily,
+                                    HistogramMetricFamily)
+
+from nmc.pool import LATENCY_BUCKETS, State
+from nmc.supervisor import Supervisor
+
+__all__ = ["CONTENT_TYPE_LATEST", "exposition"]
+
+
+class ClusterCollector:
+    def __init__(self, supervisor: Supervisor):
+        self.supervisor = supervisor
+
+    def collect(self):
+        replicas = list(self.supervisor.pool)
+        requests = CounterMetricFamily("nmc_requests", "Requests relayed, by replica and "
+                                       "status class of the answer", labels=["replica", "code"])
+        latency = HistogramMetricFamily("nmc_request_duration_seconds", "Time from choosing the "
+                                        "replica to the last byte of its answer",
+                                        labels=["replica"])
+        in_flight = GaugeMetricFamily("nmc_requests_in_flight", "Requests relayed and not "
+                                      "finished", labels=["replica"])
+        restarts = CounterMetricFamily("nmc_replica_restarts", "Replacements of the replica's "
+                                       "container", labels=["replica"])
+        checks = CounterMetricFamily("nmc_health_checks", "Health checks, by result",
+                                     labels=["replica", "result"])
+        connect_errors = CounterMetricFamily("nmc_upstream_connect_errors", "Connections to the "
+                                             "replica refused or broken", labels=["replica"])
+        bytes_in = CounterMetricFamily("nmc_request_body_bytes", "Request body bytes sent to the "
+                                       "replica", labels=["replica"])
+        bytes_out = CounterMetricFamily("nmc_response_body_bytes", "Answer body bytes received "
+                                        "from the replica", labels=["replica"])
+        for replica in replicas:
+            stats, name = replica.stats, replica.name
+            for code, count in stats.by_class.items():
+                requests.add_metric([name, code], count)
+            cumulative, buckets = 0, []
+            for bound, count in zip((*LATENCY_BUCKETS, float("inf")), stats.latency_counts):
+                cumulative += count
+                buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
+            latency.add_metric([name], buckets, stats.latency_sum)
+            in_flight.add_metric([name], replica.in_flight)
+            restarts.add_metric([name], replica.restarts)
+            for result, count in stats.checks.items():
+                checks.add_metric([name, result], count)
+            connect_errors.add_metric([name], stats.connect_errors)
+            bytes_in.add_metric([name], stats.bytes_in)
+            bytes_out.add_metric([name], stats.bytes_out)
+        states = GaugeMetricFamily("nmc_replicas", "Replicas by state", labels=["state"])
+        for state in State:
+            states.add_metric([state.value], sum(r.state is state for r in replicas))
+        yield from (requests, latency, in_flight, states, restarts, checks, connect_errors,
+                    bytes_in, bytes_out)
+
+
+def exposition(supervisor: Supervisor) -> bytes:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(ClusterCollector(supervisor))
+    return generate_latest(registry)
