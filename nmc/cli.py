@@ -38,6 +38,9 @@ Options:
   --base-port PORT           Host port of the first replica; the others follow it
                              (3001, 3002, ...) [default: 3001].
   --image IMAGE              Docker image of the site [default: nodejs.org].
+  --build DIR                Build the image from the app folder DIR first (its Dockerfile,
+                             or for a Node.js app without one: `npm start` on a Node.js
+                             base) and run that; named --image if given, else NAME-app.
   --container-port PORT      Port the site listens on inside its container; replicas get
                              it as PORT too [default: 8080].
   -e, --env KEY=VALUE        Set a variable in every replica's environment (repeatable).

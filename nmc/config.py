@@ -19,6 +19,7 @@ _NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$")
 MAX_REPLICAS = 64
 # Replicas publish their port on loopback only: they are reached through nmc, not directly.
 REPLICA_HOST = "127.0.0.1"
+DEFAULT_IMAGE = "nodejs.org"
 
 
 @dataclass(frozen=True)
@@ -27,7 +28,7 @@ class Config:
     bind: str = "0.0.0.0"
     replicas: int = 2
     base_port: int = 3001
-    image: str = "nodejs.org"
+    image: str = DEFAULT_IMAGE
     container_port: int = 8080
     name: str = "nmc"
     health_path: str = "/healthz"
@@ -43,6 +44,7 @@ class Config:
     header_timeout: float = 10.0
     idle_timeout: float = 60.0
     max_connections: int = 10000
+    build: str = ""         # a folder to build the image from (then named build_image)
     max_surge: int = 1
     admin_port: int = 3100  # 0: no admin interface
     admin_bind: str = "127.0.0.1"
@@ -59,6 +61,11 @@ class Config:
 
     def replica_name(self, host_port: int) -> str:
         return f"{self.name}-{host_port}"
+
+    @property
+    def build_image(self) -> str:
+        """The name --build gives the image: --image when given, else <name>-app."""
+        return self.image if self.image != DEFAULT_IMAGE else f"{self.name.lower()}-app"
 
     @property
     def replica_env(self) -> dict[str, str]:

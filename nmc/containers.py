@@ -30,6 +30,10 @@ LABEL_SETTINGS = "nmc.settings"
 API_TIMEOUT = 30  # seconds for one call to the engine
 
 
+class BuildFailed(NmcError):
+    """`--build`: the image could not be built; the message has the build's own error."""
+
+
 class EngineError(NmcError):
     """The Docker engine refused or failed a call."""
 
@@ -198,6 +202,28 @@ class Engine:
             hint = "build it with `make nodejs`" if image == "nodejs.org" else \
                 "build or pull it first (`docker build -t ...` or `docker pull ...`)"
             raise ImageMissing(f"image {image!r} is not on this Docker engine: {hint}") from None
+
+    def build(self, context: str, tag: str, dockerfile: str | None = None,
+              progress=lambda line: None) -> str:
+        """Build `context` (a folder) into the image `tag`, passing each line of the build's
+        output to `progress`; the image id. `dockerfile` may lie outside the folder."""
+        try:
+            output = self.client.api.build(path=context, tag=tag, dockerfile=dockerfile, rm=True,
+                                           forcerm=True, decode=True)
+            image_id = None
+            for chunk in output:
+                if "error" in chunk:
+                    raise BuildFailed(f"building {context} failed: "
+                                      f"{' '.join(str(chunk['error']).split())}")
+                for line in str(chunk.get("stream", "")).splitlines():
+                    if line.strip():
+                        progress(line.rstrip())
+                image_id = (chunk.get("aux") or {}).get("ID", image_id)
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as e:
+            raise BuildFailed(f"building {context} failed: {_first_line(e)}") from e
+        except OSError as e:  # reading the folder
+            raise BuildFailed(f"building {context} failed: {e.strerror}: {e.filename}") from e
+        return image_id or self.image_id(tag)
 
     @_engine_call("list the cluster's containers")
     def list_cluster(self, cluster: str) -> list[ContainerInfo]:

@@ -6,6 +6,7 @@ so nothing heavy ever runs inside a signal handler.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import logging
 import signal
@@ -20,6 +21,7 @@ from gevent.pywsgi import WSGIHandler, WSGIServer
 
 from nmc import request_head
 from nmc.admin import AdminApp
+from nmc.build import build_app
 from nmc.config import Config
 from nmc.containers import Engine
 from nmc.errors import NmcError, UsageError, capture
@@ -294,6 +296,10 @@ class NmcServer:
                 admin_listener = bind_listener(self.config.admin_bind, self.config.admin_port,
                                                "--admin-port (0 turns it off)")
             engine = Engine.connect()
+            if self.config.build:
+                with (progress or _no_progress)(f"Building {self.config.build}..."):
+                    build_app(engine, self.config.build, self.config.build_image)
+                self.config = dataclasses.replace(self.config, image=self.config.build_image)
             self.supervisor = Supervisor(self.config, engine)
             with (progress or _no_progress)("Starting cluster..."):
                 self._start_cluster()
@@ -366,6 +372,8 @@ class NmcServer:
         """A rollout of the image, rebuilt (e.g. by `make nodejs`), in the background."""
         def roll_out():
             try:
+                if self.config.build:  # --build: what changed is the folder
+                    build_app(self.supervisor.engine, self.config.build, self.config.image)
                 log.info("SIGHUP: %s", self.supervisor.rollout())
             except NmcError as e:
                 log.error("SIGHUP: %s", e)

@@ -25,8 +25,17 @@ command -v ldd >/dev/null 2>&1 || die "ldd is missing (it lists the libraries no
 node_version=$("$node_bin" --version) || die "$node_bin --version failed"
 node_sha=$(sha256sum "$node_bin" | cut -d' ' -f1)
 
-if have=$(docker image inspect -f '{{ index .Config.Labels "nmc.node-sha256" }}' "$image" 2>/dev/null) \
-    && [ "$have" = "$node_sha" ]; then
+# What goes in besides node: /bin/sh (so that `npm start` and RUN lines work) and npm when this
+# machine has it (apps without a Dockerfile run with `npm start`, see `nmc-server --build`).
+# Bump BASE_LAYOUT when that changes, so that older base images are made again.
+BASE_LAYOUT=2
+npm_dir=
+npm_cmd=$(command -v npm 2>/dev/null) && npm_dir=$(dirname "$(dirname "$(readlink -f "$npm_cmd")")")
+[ -n "$npm_dir" ] && [ -f "$npm_dir/package.json" ] || npm_dir=
+stamp="$node_sha/$BASE_LAYOUT"
+
+if have=$(docker image inspect -f '{{ index .Config.Labels "nmc.base-stamp" }}' "$image" 2>/dev/null) \
+    && [ "$have" = "$stamp" ]; then
   say "$image is up to date (Node.js $node_version from $node_bin, sha256 ${node_sha:0:12}); nothing to do"
   exit 0
 fi
@@ -57,6 +66,9 @@ ldd_out=$(ldd "$node_bin" 2>&1) || {
 if grep -q 'not found' <<<"$ldd_out"; then
   die "ldd cannot find some libraries of $node_bin: $(grep 'not found' <<<"$ldd_out" | tr -s ' \t\n' ' ')"
 fi
+sh_bin=$(readlink -f "$(command -v dash || command -v sh)")
+ldd_out="$ldd_out
+$(ldd "$sh_bin" 2>/dev/null || true)"
 libs=$(awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// { print $1 }' <<<"$ldd_out" | sort -u)
 count=0
 for lib in $libs; do
@@ -65,6 +77,18 @@ for lib in $libs; do
   count=$((count + 1))
 done
 say "copied $count libraries: $(tr '\n' ' ' <<<"$libs")"
+
+mkdir -p "$root/bin"
+cp "$sh_bin" "$root/bin/sh"
+if [ -n "$npm_dir" ]; then
+  mkdir -p "$root/usr/local/lib/node_modules"
+  cp -r "$npm_dir" "$root/usr/local/lib/node_modules/npm"
+  printf '#!/bin/sh\nexec node /usr/local/lib/node_modules/npm/bin/npm-cli.js "$@"\n' >"$root/usr/local/bin/npm"
+  chmod 755 "$root/usr/local/bin/npm"
+  say "added /bin/sh and npm $(node "$npm_dir/bin/npm-cli.js" --version 2>/dev/null || echo '?')"
+else
+  say "added /bin/sh (no npm on this machine: apps without a Dockerfile cannot run \`npm start\`)"
+fi
 
 cat >"$root/etc/passwd" <<'PASSWD'
 root:x:0:0:root:/root:/usr/sbin/nologin
@@ -83,6 +107,7 @@ NSS
 id=$(tar -C "$root" --numeric-owner --owner=0 --group=0 -c . | docker import \
   --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
   --change "LABEL nmc.node-sha256=$node_sha" \
+  --change "LABEL nmc.base-stamp=$stamp" \
   --change "LABEL nmc.node-version=$node_version" \
   --change 'CMD ["node"]' \
   - "$image") || die "docker import failed"

@@ -187,7 +187,7 @@ def run_nmc(request):
 
     def start(*args: str, env: dict | None = None) -> NmcProcess:
         if not any(arg.startswith("--admin-port") for arg in args):
-            args += ("--admin-port", "0")  # tests run side by side: no shared port 3100
+            args = ("--admin-port", "0", *args)  # tests run side by side: no shared port 3100
         process = NmcProcess(list(args), env)
         started.append(process)
         return process
