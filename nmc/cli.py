@@ -78,6 +78,8 @@ Options:
   --keep                     Leave the replicas running on exit; the next start with the
                              same --name adopts them.
   -q, --quiet                No log line per request.
+  --logs                     Also print the replicas' output, each line prefixed with its
+                             replica (as `nmc-server logs -f` does).
   -f, --follow               (logs) Keep printing new lines, also of replicas started later.
   -h, --help                 Show this help and exit.
   -v, --version              Show the version and exit.

@@ -50,6 +50,7 @@ class Config:
     admin_bind: str = "127.0.0.1"
     served_by: bool = True
     quiet: bool = False
+    logs: bool = False      # also print the replicas' own output
     keep: bool = False
     env_file: str = ""
     # The environment of every replica: --env-file's variables, then -e's (which win).

@@ -58,6 +58,16 @@ def show_logs(cluster: str, follow: bool, out=sys.stdout) -> int:
     return 0
 
 
+def follow_live(engine: Engine, cluster: str, out=sys.stdout) -> None:
+    """`--logs`: the replicas' new lines, as they come, until killed (a greenlet of the server)."""
+    replicas = sorted(engine.list_cluster(cluster), key=lambda info: info.name)
+    printer = LogPrinter(out, [info.name for info in replicas] or [cluster + "-00000"])
+    try:
+        _follow(engine, cluster, replicas, printer, since=time.time())
+    except EngineError as e:
+        printer.line(cluster, f"(replica logs stop: {e})")
+
+
 def _follow(engine: Engine, cluster: str, replicas: list[ContainerInfo], printer: LogPrinter,
             since: float) -> None:
     """New lines of every replica, and of each one that starts later, until interrupted."""

@@ -22,6 +22,7 @@ from gevent.pywsgi import WSGIHandler, WSGIServer
 from nmc import request_head
 from nmc.admin import AdminApp
 from nmc.build import build_app
+from nmc.logs import follow_live
 from nmc.config import Config
 from nmc.containers import Engine
 from nmc.errors import NmcError, UsageError, capture
@@ -280,6 +281,7 @@ class NmcServer:
         self.supervisor: Supervisor | None = None
         self.http: WSGIServer | None = None
         self.admin: WSGIServer | None = None
+        self._replica_logs: gevent.Greenlet | None = None  # --logs
 
     def run(self, progress=None) -> int:
         """Start the cluster and serve until SIGINT/SIGTERM; returns the exit code.
@@ -322,11 +324,15 @@ class NmcServer:
                 self.admin.start()
                 log.info("admin interface on http://%s:%d (status, scale, rollout)",
                          self.config.admin_bind, self.config.admin_port)
+            if self.config.logs:
+                self._replica_logs = gevent.spawn(follow_live, engine, self.config.name)
             while self.http is not None:
                 getattr(self, "handle_" + self.signals.get().lower())()
             return 0
         finally:
             listener.close()
+            if self._replica_logs is not None:
+                self._replica_logs.kill()
             if self.admin is not None:
                 self.admin.stop(timeout=0)
             if admin_listener is not None:

@@ -55,3 +55,17 @@ def test_logs_of_a_cluster_that_is_not_there_is_one_line(docker_client, cluster_
     assert result.returncode == 1
     assert result.stderr.startswith("nmc-server: error: no replicas of cluster")
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_the_server_s_logs_option_prints_the_replicas_output(run_nmc, cluster_name):
+    from conftest import free_port_block, get
+
+    base = free_port_block(3)
+    process = run_nmc("--name", cluster_name, "--bind", "127.0.0.1", "--port", str(base + 2),
+                      "--base-port", str(base), "-n", "2", "--check-interval", "1", "--logs", "-q")
+    process.wait_serving()
+    victim = f"{cluster_name}-{base}"
+    get(f"http://127.0.0.1:{base}/crash")  # the replica itself logs why it exits
+    wait_for_stdout(process, f"{victim} | exiting with code 1")
+    wait_for_stdout(process, f"{victim} | listening on :8080")  # its replacement, followed too
+    assert not any(line.startswith(f"{victim} |") for line in process.lines)  # stdout only
