@@ -58,12 +58,13 @@ def show_logs(cluster: str, follow: bool, out=sys.stdout) -> int:
     return 0
 
 
-def follow_live(engine: Engine, cluster: str, out=sys.stdout) -> None:
-    """`--logs`: the replicas' new lines, as they come, until killed (a greenlet of the server)."""
+def follow_live(engine: Engine, cluster: str, since: float, out=sys.stdout) -> None:
+    """`--logs`: the replicas' lines from `since` on, as they come, until killed (a greenlet of
+    the server)."""
     replicas = sorted(engine.list_cluster(cluster), key=lambda info: info.name)
     printer = LogPrinter(out, [info.name for info in replicas] or [cluster + "-00000"])
     try:
-        _follow(engine, cluster, replicas, printer, since=time.time())
+        _follow(engine, cluster, replicas, printer, since=since)
     except EngineError as e:
         printer.line(cluster, f"(replica logs stop: {e})")
 
@@ -80,9 +81,8 @@ def _follow(engine: Engine, cluster: str, replicas: list[ContainerInfo], printer
         gevent.spawn(_relay_lines, engine, container_id, name, from_time, printer)
 
     events = engine.events(cluster)  # opened before attaching: no start is missed
-    for info in replicas:
-        if info.running:
-            attach(info.id, info.name, since)
+    for info in replicas:  # an exited one too: its last lines may be newer than `since`
+        attach(info.id, info.name, since)
     for event in events:
         if event.action == "start":
             attach(event.container_id, event.name, None)  # all its lines: it is new

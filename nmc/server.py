@@ -11,6 +11,7 @@ import errno
 import logging
 import signal
 import socket
+import time
 from contextlib import nullcontext
 
 import gevent
@@ -325,7 +326,7 @@ class NmcServer:
                 log.info("admin interface on http://%s:%d (status, scale, rollout)",
                          self.config.admin_bind, self.config.admin_port)
             if self.config.logs:
-                self._replica_logs = gevent.spawn(follow_live, engine, self.config.name)
+                self._replica_logs = gevent.spawn(follow_live, engine, self.config.name, time.time())
             while self.http is not None:
                 getattr(self, "handle_" + self.signals.get().lower())()
             return 0
