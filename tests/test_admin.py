@@ -76,7 +76,7 @@ class Load:
 
 def running(docker_client, cluster_name: str) -> dict[str, str]:
     """name -> image id of the cluster's running containers."""
-    return {c.name: c.attrs["Image"] for c in docker_client.containers.list(
+    return {c.name: c.attrs["Image"] for c in docker_client.containers.list(ignore_removed=True,
         filters={"label": f"nmc.cluster={cluster_name}"})}
 
 
@@ -111,7 +111,7 @@ def test_status_shows_every_replica_as_json_and_as_a_table(admin_cluster, docker
     for _ in range(6):
         assert requests.get(cluster.url + "/whoami", timeout=5).status_code == 200
     status = cluster.status()
-    containers = {c.name: c.id for c in docker_client.containers.list(
+    containers = {c.name: c.id for c in docker_client.containers.list(ignore_removed=True,
         filters={"label": f"nmc.cluster={cluster_name}"})}
     assert {r["name"]: r["container_id"] for r in status["replicas"]} == containers
     assert [r["state"] for r in status["replicas"]] == ["ready", "ready"]

@@ -81,7 +81,9 @@ def assert_stderr_clean(process) -> None:
 
 
 def cluster_containers(client, cluster_name: str) -> list:
-    return client.containers.list(all=True, filters={"label": f"nmc.cluster={cluster_name}"})
+    # ignore_removed: one removed between the listing and its inspection is simply gone
+    return client.containers.list(all=True, filters={"label": f"nmc.cluster={cluster_name}"},
+                                  ignore_removed=True)
 
 
 def assert_nothing_left(client, cluster_name: str) -> None:

@@ -59,7 +59,7 @@ def test_a_node_app_without_a_dockerfile_runs_with_npm_start(run_nmc, cluster_na
                                                            (int(url.rsplit(":", 1)[1]) - 2,
                                                             int(url.rsplit(":", 1)[1]) - 1)}
     image = docker_client.images.get(f"{cluster_name}-app")
-    running = docker_client.containers.list(filters={"label": f"nmc.cluster={cluster_name}"})
+    running = docker_client.containers.list(ignore_removed=True, filters={"label": f"nmc.cluster={cluster_name}"})
     assert {c.attrs["Image"] for c in running} == {image.id}
     assert image.attrs["Config"]["Cmd"] == ["npm", "start"]
 
@@ -90,7 +90,7 @@ def test_a_folder_that_cannot_be_built_gives_one_line(run_nmc, cluster_name, tmp
     errors = [line for line in process.lines if "nmc-server: error:" in line]
     assert len(errors) == 1 and message in errors[0], process.log_summary()
     assert "Traceback" not in process.log
-    assert docker_client.containers.list(all=True, filters={"label": f"nmc.cluster={cluster_name}"}) == []
+    assert docker_client.containers.list(ignore_removed=True, all=True, filters={"label": f"nmc.cluster={cluster_name}"}) == []
 
 
 def test_build_of_a_folder_that_does_not_exist_is_a_usage_error(tmp_path):

@@ -216,7 +216,7 @@ def test_hup_reload_under_load_keeps_the_replicas_and_fails_no_request(gunicorn,
                                                                         cluster_name):
     server = gunicorn(workers=2)
     leader = server.wait_ready()
-    before = {c.name: (c.id, c.attrs["State"]["StartedAt"]) for c in docker_client.containers.list(
+    before = {c.name: (c.id, c.attrs["State"]["StartedAt"]) for c in docker_client.containers.list(ignore_removed=True,
         filters={"label": f"nmc.cluster={cluster_name}"})}
     load = SteadyLoad(server.url)
     try:
@@ -228,7 +228,7 @@ def test_hup_reload_under_load_keeps_the_replicas_and_fails_no_request(gunicorn,
         time.sleep(2)
     finally:
         load.stop()
-    after = {c.name: (c.id, c.attrs["State"]["StartedAt"]) for c in docker_client.containers.list(
+    after = {c.name: (c.id, c.attrs["State"]["StartedAt"]) for c in docker_client.containers.list(ignore_removed=True,
         filters={"label": f"nmc.cluster={cluster_name}"})}
     assert after == before  # same containers, never restarted
     assert "handed over to the next worker" in server.process.log
@@ -262,7 +262,7 @@ def test_term_with_keep_leaves_the_replicas_running(gunicorn, docker_client, clu
     before = container_ids(docker_client, cluster_name)
     os.kill(server.master, signal.SIGTERM)
     assert server.process.wait_exit(40) == 0
-    running = {c.name: c.id for c in docker_client.containers.list(
+    running = {c.name: c.id for c in docker_client.containers.list(ignore_removed=True,
         filters={"label": f"nmc.cluster={cluster_name}"})}
     assert running == before
 

@@ -17,7 +17,7 @@ def hostname(url: str) -> str:
 
 
 def cluster_containers(docker_client, name):
-    return docker_client.containers.list(all=True, filters={"label": f"nmc.cluster={name}"})
+    return docker_client.containers.list(ignore_removed=True, all=True, filters={"label": f"nmc.cluster={name}"})
 
 
 def test_requests_alternate_between_the_replicas_and_are_logged(cluster, cluster_name):

@@ -77,13 +77,13 @@ def test_nmc_killed_and_started_again_adopts_its_replicas_without_restarting_the
     first.signal(signal.SIGKILL)  # no clean-up at all
     first.wait_exit(10)
     before = {c.name: (c.id, c.attrs["State"]["StartedAt"])
-              for c in docker_client.containers.list(filters={"label": f"nmc.cluster={cluster_name}"})}
+              for c in docker_client.containers.list(ignore_removed=True, filters={"label": f"nmc.cluster={cluster_name}"})}
     assert len(before) == 3
 
     second = run_nmc(*args, "-n", "2")  # one replica fewer this time
     second.wait_serving()
     after = {c.name: (c.id, c.attrs["State"]["StartedAt"])
-             for c in docker_client.containers.list(all=True,
+             for c in docker_client.containers.list(ignore_removed=True, all=True,
                                                     filters={"label": f"nmc.cluster={cluster_name}"})}
     kept = {f"{cluster_name}-{base}", f"{cluster_name}-{base + 1}"}
     assert set(after) == kept  # the extra one is removed
@@ -170,7 +170,7 @@ def test_the_engine_restarting_is_survived_without_duplicates(cluster_name, run_
     wait_until(lambda: {requests.get(url + "/whoami", timeout=5).json()["hostname"]
                         for _ in range(4)} == {f"{cluster_name}-{base}", f"{cluster_name}-{base + 1}"},
                30, what="both replicas serving")
-    containers = docker_client.containers.list(all=True, filters={"label": f"nmc.cluster={cluster_name}"})
+    containers = docker_client.containers.list(ignore_removed=True, all=True, filters={"label": f"nmc.cluster={cluster_name}"})
     assert sorted(c.name for c in containers) == [f"{cluster_name}-{base}", f"{cluster_name}-{base + 1}"]
     assert all(c.status == "running" for c in containers)
     assert process.log.count("reconnecting") == 1, process.log  # the loss is said once
