@@ -26,6 +26,8 @@ unit: venv
 
 ## a bounded chaos run against a cluster of its own (kills, a pause, a crash under load; a report
 ## in bench/results/): make chaos CHAOS_ARGS="--duration 60 --clients 64 --seed 7"
+## CHAOS_ARGS="--changes": scale 2 -> 6 -> 1 -> 2 and a rollout and back through the admin API
+## under load instead, failures per phase (~25 s)
 CHAOS_ARGS ?=
 .PHONY: chaos
 chaos: venv nodejs

@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """A bounded chaos run against an nmc cluster of its own: `make chaos CHAOS_ARGS="..."`.
 
-It starts its own nmc-server (cluster `nmc-chaos-<random>` on free loopback ports), puts a steady
-load on it (GET /whoami, POST /echo and PUT /echo with a 4 KiB body, from --clients threads with
-a keep-alive session each) and meanwhile, on a schedule fixed by --seed:
+It starts its own nmc-server (cluster `nmc-chaos-<random>` on free loopback ports, its admin
+port included, so that runs never meet on the default 3100), puts a steady load on it (GET
+/whoami, POST /echo and PUT /echo with a 4 KiB body, from --clients threads with a keep-alive
+session each) and meanwhile, on a schedule fixed by --seed:
 
   * every --kill-every seconds `docker kill`s a replica (SIGKILL),
   * once `docker pause`s one (and unpauses it 3 s later if it still exists),
@@ -20,9 +21,27 @@ Docker engine is never restarted. Everything is bounded in time: the run takes a
 
 --no-chaos runs the load alone (a baseline for latency and throughput).
 
-Exit code: 0 when GET and PUT (idempotent) had no failure, no answer was wrong and nothing
-leaked; 1 otherwise; 2 bad options; 130 interrupted. POST failures are reported and explained
-but do not fail the run: a POST cut off mid-way cannot be retried safely by a relay.
+--changes runs, instead of the chaos, a fixed sequence of live changes through nmc's admin API
+(POST /scale, POST /rollout on a free admin port of its own) under the same load (32 clients by
+default), each call waited for, with SETTLE seconds of load after it:
+
+  0. steady load, no change (STEADY seconds),
+  1. scale 2 -> 6,   2. scale 6 -> 1,   3. scale 1 -> 2,
+  4. rollout to a second image: FROM nodejs.org plus one LABEL nmc.chaos=<cluster>, built through
+     the Docker SDK (no registry), tagged <cluster>:changes and removed at the end,
+  5. rollout back to nodejs.org with max_surge 2.
+
+A phase lasts from its call until the next call; a request counts as sent in the phase it was
+sent in, a failure in the phase it failed in, so the phases add up to the totals. For each phase
+the report gives its times, the call's answer, requests and failures by method, and the replicas
+(container and image ids) before and after, checked against what the change should leave. A run
+takes about 25 s (at most CHANGES_LIMIT seconds of load); Ctrl-C cleans up as above, the image
+included.
+
+Exit code: 0 when GET and PUT (idempotent) had no failure, no answer was wrong, nothing leaked
+and (--changes) every change answered and left the expected replicas; 1 otherwise; 2 bad
+options; 130 interrupted. POST failures are reported and explained but do not fail the run: a
+POST cut off mid-way cannot be retried safely by a relay.
 """
 
 from __future__ import annotations
@@ -31,6 +50,8 @@ import argparse
 import ctypes
 import hashlib
 import heapq
+import io
+import json
 import os
 import random
 import resource
@@ -44,7 +65,7 @@ import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import docker
@@ -69,6 +90,13 @@ STOP_LIMIT = 20.0            # seconds nmc has to exit after SIGTERM (then SIGKI
 MAX_RATE = 20000             # requests per second per client, an upper bound on every load loop
 ENGINE_TIMEOUT = 10          # seconds for one Docker API call
 ENGINE_WAIT = 15.0           # seconds the final clean-up waits for an engine that is away
+SITE_IMAGE = "nodejs.org"    # the image nmc runs by default (`make nodejs` builds it)
+LABEL_CHAOS = "nmc.chaos"    # on the image --changes builds: finds it again, even untagged
+CHANGES_PORTS = 8            # replica ports kept free for --changes: 6 replicas at most, and room
+STEADY = 3.0                 # seconds of load before the first change (--changes)
+SETTLE = 2.0                 # seconds of load after each change, before the next one
+CHANGES_LIMIT = 240.0        # seconds the load of --changes may last at most, changes included
+ADMIN_CONNECT = 3.0          # seconds to connect to the admin port
 
 
 class Interrupted(Exception):
@@ -186,15 +214,17 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
 class Nmc:
     """./nmc_server.py in its own process group (a Ctrl-C reaches it only through us: one SIGTERM)."""
 
-    def __init__(self, name: str, port: int, base_port: int, replicas: int):
+    def __init__(self, name: str, port: int, base_port: int, replicas: int, admin_port: int):
         self.name, self.port, self.base_port, self.replicas = name, port, base_port, replicas
+        self.admin_port = admin_port  # a free one: runs must not meet on the default 3100
         self.lines: list[tuple[float, str]] = []
         self.serving = threading.Event()
         self.exit_code: int | None = None
         self.stop_took: float | None = None
         self.killed = False
         args = [sys.executable, str(ROOT / "nmc_server.py"), "--name", name, "--bind", "127.0.0.1",
-                "--port", str(port), "--base-port", str(base_port), "-n", str(replicas), "-q"]
+                "--port", str(port), "--base-port", str(base_port), "-n", str(replicas),
+                "--admin-port", str(admin_port), "-q"]
         self.command = " ".join(["./nmc_server.py", *args[2:]])
         self.proc = subprocess.Popen(
             args, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -305,6 +335,9 @@ class ClientStats:
     ok_ends: list = field(default_factory=list)             # when each good answer was read
     failures: list = field(default_factory=list)            # (end, method, kind) of every failure
     slowest: list = field(default_factory=list)             # heap of (latency, start, method, outcome)
+    phase_sent: Counter = field(default_factory=Counter)    # (phase sent in, method) -> count (--changes)
+    phase_failed: Counter = field(default_factory=Counter)  # (phase failed in, method, kind) -> count
+    phase_latency: dict = field(default_factory=dict)       # phase sent in -> [seconds]
     left_running: bool = False
 
 
@@ -320,16 +353,30 @@ class Load:
         self.threads = [threading.Thread(target=self._client, args=(i,), name=f"client-{i}", daemon=True)
                         for i in range(clients)]
         self.began = 0.0
+        self.began_wall: datetime | None = None
         self.end = 0.0
+        self.stopped: float | None = None
+        self.phase: int | None = None   # --changes: the phase a request is sent in (set by main)
 
     def start(self, duration: float) -> None:
         self.began = time.monotonic()
+        self.began_wall = datetime.now(timezone.utc)
         self.end = self.began + duration
         for thread in self.threads:
             thread.start()
 
-    def join(self, deadline: float) -> None:
+    def halt(self) -> None:
+        """No new request from now on (those in flight finish)."""
+        if self.stopped is None:
+            self.stopped = time.monotonic()
         self.stop.set()
+
+    def finished(self) -> float:
+        """When the load ended (or now, while it runs)."""
+        return min(time.monotonic(), self.end, self.stopped or self.end)
+
+    def join(self, deadline: float) -> None:
+        self.halt()
         for index, thread in enumerate(self.threads):
             thread.join(max(0.0, deadline - time.monotonic()))
             self.stats[index].left_running = thread.is_alive()
@@ -361,6 +408,7 @@ class Load:
             body = self.bodies[which]
             headers["Content-Type"] = "application/octet-stream"
         stats.sent[method] += 1
+        phase = self.phase
         started = time.monotonic()
         kind = detail = None
         served_by = "-"
@@ -381,6 +429,11 @@ class Load:
             kind, detail = failure_kind(e), str(e)[:240]
         ended = time.monotonic()
         stats.latency[method].append(ended - started)
+        if phase is not None:
+            stats.phase_sent[phase, method] += 1
+            stats.phase_latency.setdefault(phase, []).append(ended - started)
+            if kind is not None:  # in the phase it failed in: its change is the likely cause
+                stats.phase_failed[self.phase, method, kind] += 1
         entry = (ended - started, started - self.began, method, kind or "ok", served_by)
         if len(stats.slowest) < SLOWEST:
             heapq.heappush(stats.slowest, entry)
@@ -631,6 +684,126 @@ class Chaos:
                 measure.error = "measurement still running at the end of the run"
 
 
+# -- the live changes (--changes) -----------------------------------------------------------------
+
+
+@dataclass
+class Change:
+    """One phase of --changes: its call to the admin API (none for the steady phase), and what
+    it should leave: `replicas` running replicas, all of `image`."""
+    title: str
+    path: str = ""
+    body: dict = field(default_factory=dict)
+    replicas: int = 0
+    image: str = ""
+    # filled in when it runs; t = seconds since the load began
+    started: float | None = None
+    answered: float | None = None
+    ended: float | None = None      # when the next phase began, or the load ended
+    status: int | None = None
+    message: str = ""
+    error: str = ""
+    before: list = field(default_factory=list)   # [(name, container id, image id)], running ones
+    after: list = field(default_factory=list)
+    check: str = ""                 # what differs from what it should leave; "" when nothing
+
+    @property
+    def took(self) -> float | None:
+        return None if self.started is None or self.answered is None else self.answered - self.started
+
+    @property
+    def call(self) -> str:
+        return f"POST {self.path} {json.dumps(self.body)}" if self.path else "no call"
+
+
+def changes_sequence(derived: str) -> list[Change]:
+    """Phase 0 is the steady load before the first change; the rest are the fixed changes."""
+    return [
+        Change("steady load, no change", replicas=2, image=SITE_IMAGE),
+        Change("scale 2 → 6", "/scale", {"replicas": 6}, 6, SITE_IMAGE),
+        Change("scale 6 → 1", "/scale", {"replicas": 1}, 1, SITE_IMAGE),
+        Change("scale 1 → 2", "/scale", {"replicas": 2}, 2, SITE_IMAGE),
+        Change(f"rollout to {derived}", "/rollout", {"image": derived}, 2, derived),
+        Change(f"rollout back to {SITE_IMAGE}, max_surge 2", "/rollout",
+               {"image": SITE_IMAGE, "max_surge": 2}, 2, SITE_IMAGE),
+    ]
+
+
+def short_id(image_id: str) -> str:
+    return image_id.split(":", 1)[-1][:12]
+
+
+def build_derived(client: docker.DockerClient, cluster: str) -> tuple[str, str]:
+    """A second image to roll out: the site's image plus one label (a new image id, no new
+    layer, no registry); its tag and id. The label names the run, so no cache of another run's
+    build is reused and remove_derived finds it again even untagged."""
+    tag = f"{cluster}:changes"
+    dockerfile = f"FROM {SITE_IMAGE}\nLABEL {LABEL_CHAOS}={cluster}\n".encode()
+    image, _ = client.images.build(fileobj=io.BytesIO(dockerfile), tag=tag, rm=True, forcerm=True,
+                                   pull=False, timeout=120)
+    return tag, image.id
+
+
+def remove_derived(client: docker.DockerClient, cluster: str) -> list[str]:
+    """Remove the image(s) built by this run (labelled nmc.chaos=<cluster>); what was removed."""
+    removed = []
+    for image in client.images.list(all=True, filters={"label": f"{LABEL_CHAOS}={cluster}"}):
+        if image.labels.get(LABEL_CHAOS) != cluster:  # belt and braces
+            continue
+        client.images.remove(image.id, force=True)  # force: untag all of its (our) tags
+        removed.append(f"{', '.join(image.tags) or 'untagged'} ({short_id(image.id)})")
+    return removed
+
+
+class Changes:
+    """Sends the changes to nmc's admin port, one at a time, and looks at the replicas around each."""
+
+    def __init__(self, client: docker.DockerClient, cluster: str, admin_url: str, image_ids: dict):
+        self.client, self.cluster, self.admin_url, self.image_ids = client, cluster, admin_url, image_ids
+        self.session = requests.Session()
+        self.session.trust_env = False
+
+    def replicas(self) -> list[tuple[str, str, str]]:
+        """(name, container id, image id) of the cluster's running containers, by name."""
+        return sorted((container_name(c), c["Id"][:12], short_id(c.get("ImageID", "")))
+                      for c in cluster_containers(self.client, self.cluster) if c.get("State") == "running")
+
+    def call(self, change: Change, limit: float) -> None:
+        """The change's POST; it answers when the change is done (or failed)."""
+        try:
+            answer = self.session.post(self.admin_url + change.path, json=change.body,
+                                       timeout=(ADMIN_CONNECT, limit))
+        except requests.exceptions.RequestException as e:
+            change.error = f"{failure_kind(e)}: {str(e)[:200]}"
+            return
+        change.status = answer.status_code
+        try:
+            data = answer.json()
+        except ValueError:
+            data = {"error": f"not JSON: {answer.text[:160]!r}"}
+        if answer.status_code == 200 and isinstance(data, dict) and "message" in data:
+            change.message = str(data["message"])
+        else:
+            change.error = f"HTTP {answer.status_code}: {data.get('error') if isinstance(data, dict) else data}"
+
+    def check(self, change: Change) -> str:
+        want = short_id(self.image_ids[change.image])
+        found = Counter(image for _, _, image in change.after)
+        if len(change.after) == change.replicas and set(found) == {want}:
+            return ""
+        return (f"expected {change.replicas} replica(s) of {change.image} ({want}), found "
+                f"{describe_replicas(change.after)}")
+
+    def close(self) -> None:
+        self.session.close()
+
+
+def describe_replicas(replicas: list) -> str:
+    """'2 × e1b2332aa912' (or '1 × a…, 1 × b…'; 'none')."""
+    found = Counter(image for _, _, image in replicas)
+    return ", ".join(f"{n} × {image}" for image, n in sorted(found.items())) or "none"
+
+
 # -- the report -----------------------------------------------------------------------------------
 
 
@@ -645,6 +818,12 @@ class Run:
     load: Load | None = None
     chaos: Chaos | None = None
     actions: list[Action] = field(default_factory=list)
+    changes: list[Change] = field(default_factory=list)   # --changes: the phases
+    changer: Changes | None = None
+    derived: str = ""                                      # --changes: the second image's tag ...
+    image_ids: dict = field(default_factory=dict)          # ... and image name -> id
+    images_removed: list[str] = field(default_factory=list)
+    image_error: str = ""
     phases: dict = field(default_factory=dict)
     cpu: dict = field(default_factory=dict)
     source: str = ""
@@ -715,6 +894,19 @@ def failures_after(run: Run, totals: Totals) -> dict[int, Counter]:
     return counts
 
 
+def phase_at(run: Run, at: float) -> str:
+    """Which phase of --changes a moment (t) falls in."""
+    for index, change in enumerate(run.changes):
+        if change.started is not None and change.started <= at and (change.ended is None or at < change.ended):
+            return f"phase {index} ({change.title}) +{at - change.started:.2f}s"
+    return "outside every phase"
+
+
+def moment(run: Run, end: float) -> str:
+    """A request in context: the phase (--changes) or the last chaos action before it ended."""
+    return phase_at(run, end) if run.args.changes else last_action_before(run.actions, end)
+
+
 def last_action_before(actions: list[Action], at: float) -> str:
     done = [a for a in actions if a.ran_at is not None and a.ran_at <= at and a.name]
     if not done:
@@ -742,6 +934,14 @@ def verdict(run: Run) -> tuple[int, list[str]]:
         reasons.append(f"{len(run.leaked)} leaked container(s)")
     if not run.leak_checked:
         reasons.append("could not check for leaked containers")
+    if run.args.changes and not run.error and not run.interrupted:
+        for index, change in enumerate(run.changes):
+            if change.error or change.check:
+                reasons.append(f"phase {index} ({change.title}): {change.error or change.check}")
+            elif change.started is None:
+                reasons.append(f"phase {index} ({change.title}) did not run")
+    if run.image_error:
+        reasons.append(run.image_error)
     if run.interrupted:
         return 130, reasons
     return (1 if reasons else 0), reasons
@@ -756,14 +956,21 @@ def report(run: Run) -> str:
     add(f"# nmc chaos run {run.began_wall:%Y-%m-%d %H:%M:%S} UTC")
     add("")
     add(f"**{'PASS' if code == 0 else 'FAIL'}**" + (f": {'; '.join(reasons)}" if reasons else
-        ": GET and PUT had no failure, every answer was right, nothing leaked"))
+        ": GET and PUT had no failure, every answer was right, nothing leaked"
+        + (", every change was made" if args.changes else "")))
     add("")
-    add(f"- cluster `{run.cluster}`: {args.replicas} replicas, {args.clients} clients, "
-        f"{args.duration:g} s of load, a kill every {args.kill_every:g} s, seed {run.seed} "
-        f"(repeat: `make chaos CHAOS_ARGS=\"--seed {run.seed}"
-        + (f" --replicas {args.replicas}" if args.replicas != 3 else "")
-        + (f" --duration {args.duration:g}" if args.duration != 30 else "")
-        + (f" --clients {args.clients}" if args.clients != 32 else "") + "\"`)")
+    if args.changes:
+        add(f"- cluster `{run.cluster}`: live changes through the admin API (scale 2 → 6 → 1 → 2, "
+            f"rollout to `{run.derived or '?'}` and back to `{SITE_IMAGE}` with max_surge 2) under "
+            f"{args.clients} clients, seed {run.seed} (repeat: `make chaos CHAOS_ARGS=\"--changes "
+            f"--seed {run.seed}" + (f" --clients {args.clients}" if args.clients != 32 else "") + "\"`)")
+    else:
+        add(f"- cluster `{run.cluster}`: {args.replicas} replicas, {args.clients} clients, "
+            f"{args.duration:g} s of load, a kill every {args.kill_every:g} s, seed {run.seed} "
+            f"(repeat: `make chaos CHAOS_ARGS=\"--seed {run.seed}"
+            + (f" --replicas {args.replicas}" if args.replicas != 3 else "")
+            + (f" --duration {args.duration:g}" if args.duration != 30 else "")
+            + (f" --clients {args.clients}" if args.clients != 32 else "") + "\"`)")
     if run.nmc is not None:
         add(f"- nmc: `{run.nmc.command}` ({run.source})")
     phases = ", ".join(f"{k} {v:.1f} s" for k, v in run.phases.items())
@@ -773,13 +980,16 @@ def report(run: Run) -> str:
             f"(in {run.nmc.stop_took or 0:.1f} s{', after a SIGKILL' if run.nmc.killed else ''})")
     add(f"- **leaked containers: {len(run.leaked) if run.leak_checked else 'unknown'}**"
         + (f" ({', '.join(run.leaked)}; removed)" if run.leaked else ""))
+    if args.changes:
+        add(f"- image built for the rollout: removed {', '.join(run.images_removed) or 'nothing'}"
+            + (f"; {run.image_error}" if run.image_error else ""))
 
     load = run.load
     if load is not None and load.began:
         totals = merged(load)
         sent, ok, failed, examples, latency = (totals.sent, totals.ok, totals.failed, totals.examples,
                                                totals.latency)
-        duration = max(1e-9, min(time.monotonic(), load.end) - load.began)
+        duration = max(1e-9, load.finished() - load.began)
         total = sum(sent.values())
         add("")
         add("## Requests")
@@ -806,7 +1016,7 @@ def report(run: Run) -> str:
         if totals.slowest:
             add("Slowest: " + "; ".join(
                 f"{method} {ms(latency)} at t={start:.2f}s ({outcome}, answered by {served_by}, "
-                f"{last_action_before(run.actions, start)})"
+                f"{moment(run, start)})"
                 for latency, start, method, outcome, served_by in totals.slowest) + ".")
         if run.cpu:
             add(f"CPU during the load: this load generator {run.cpu['client']:.0%} of one core "
@@ -834,8 +1044,157 @@ def report(run: Run) -> str:
             for (method, kind) in sorted(failed, key=lambda k: (METHODS.index(k[0]), -failed[k])):
                 for f in examples.get((method, kind), []):
                     add(f"- {method} {kind}, t={f.start:.2f}-{f.end:.2f}s, {f.request_id}, "
-                        f"{last_action_before(run.actions, f.end)}: {f.detail}")
+                        f"{moment(run, f.end)}: {f.detail}")
 
+    if args.changes:
+        report_changes(run, add)
+    else:
+        report_chaos(run, add)
+
+    if load is not None and load.began:
+        per_second = merged(load).per_second
+        seconds = sorted({s for s, _ in per_second})
+        if seconds:
+            add("")
+            add("## Timeline")
+            add("")
+            add(f"| second | ok | failed | {'change' if args.changes else 'chaos'} |")
+            add("|---:|---:|---:|---|")
+            for second in seconds:
+                add(f"| {second} | {per_second[second, 'ok']} | {per_second[second, 'failed']} "
+                    f"| {events_in(run, second)} |")
+
+    if run.nmc is not None and run.nmc.lines:
+        add("")
+        add("## nmc's log")
+        add("")
+        add("```")
+        for _at, line in run.nmc.lines[:400]:
+            add(line)
+        if len(run.nmc.lines) > 400:
+            add(f"... {len(run.nmc.lines) - 400} more lines")
+        add("```")
+    return "\n".join(out) + "\n"
+
+
+def events_in(run: Run, second: int) -> str:
+    """What was done during one second of the load, for the timeline."""
+    if run.args.changes:
+        events = []
+        for index, change in enumerate(run.changes[1:], 1):
+            if change.started is not None and int(change.started) == second:
+                events.append(f"{index}. {change.title}: sent")
+            if change.answered is not None and int(change.answered) == second:
+                events.append(f"{index}. answered" + (" (error)" if change.error else ""))
+        return ", ".join(events)
+    return ", ".join(f"{a.what} {a.name.rsplit('-', 1)[-1]}" for a in run.actions
+                     if a.ran_at is not None and int(a.ran_at) == second and a.name)
+
+
+def report_changes(run: Run, add) -> None:
+    add("")
+    add("## Live changes, phase by phase")
+    add("")
+    add("A phase lasts from its call to the admin port until the next call (sent "
+        f"{SETTLE:g} s after the answer), the last one until the load stopped; t = seconds since "
+        "the load began. A request counts as sent (and in p99, max) in the phase it was sent in, "
+        "a failure in the phase it failed in (the change under way is its likely cause); each "
+        "adds up to the totals above. Replicas: the cluster's running containers by image id, "
+        "right after the call answered.")
+    add("")
+    add("| # | phase | from t | call took | to t | sent GET / POST / PUT | failed GET | failed POST "
+        "| failed PUT | p99 | max | replicas after |")
+    add("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    load = run.load
+    totals = phase_totals(load) if load is not None else None
+    end_of_load = load.finished() - load.began if load is not None and load.began else None
+    for index, change in enumerate(run.changes):
+        if change.started is None:
+            add(f"| {index} | {change.title} | not run | | | | | | | | | |")
+            continue
+        ended = change.ended if change.ended is not None else end_of_load
+        sent, failed, latency = totals.sent, totals.failed, sorted(totals.latency.get(index, []))
+        fails = {m: sum(n for (p, mm, _), n in failed.items() if p == index and mm == m) for m in METHODS}
+        add(f"| {index} | {change.title} | {change.started:.1f} | {ms(change.took) if change.path else '-'} "
+            f"| {'-' if ended is None else f'{ended:.1f}'} "
+            f"| {' / '.join(str(sent[index, m]) for m in METHODS)} "
+            + "".join(f"| {'**' + str(fails[m]) + '**' if fails[m] else 0} " for m in METHODS)
+            + f"| {ms(percentile(latency, 99))} | {ms(latency[-1] if latency else None)} "
+            f"| {describe_replicas(change.after) if change.answered is not None or not change.path else '-'}"
+            f"{' (not as expected)' if change.check else ''} |")
+    if totals is not None:
+        add("")
+        for label, phases in (("during scale 2 → 6 → 1 → 2 (phases 1-3)", (1, 2, 3)),
+                              ("during the two rollouts (phases 4-5)", (4, 5))):
+            ran = [p for p in phases if p < len(run.changes) and run.changes[p].started is not None]
+            if not ran:
+                continue
+            sent = {m: sum(totals.sent[p, m] for p in ran) for m in METHODS}
+            fails = {m: sum(n for (p, mm, _), n in totals.failed.items() if p in ran and mm == m)
+                     for m in METHODS}
+            add(f"**Failed requests {label}: "
+                + ", ".join(f"{m} {fails[m]} of {sent[m]}" for m in METHODS) + ".**")
+            add("")
+    began_wall = load.began_wall if load is not None else None
+    for index, change in enumerate(run.changes):
+        if change.started is None and not change.error:
+            continue
+        add(f"- **{index}. {change.title}**: `{change.call}`")
+        if change.started is not None:
+            ended = change.ended if change.ended is not None else end_of_load
+            add(f"  - {clock(began_wall, change.started)} → {clock(began_wall, ended)} UTC "
+                f"(t={change.started:.2f} → {'-' if ended is None else f'{ended:.2f}'} s)"
+                + (f"; the call answered after {ms(change.took)}" if change.path and change.took is not None else ""))
+        if change.path:
+            add("  - answer: " + (f"{change.status} `{change.message}`" if change.message
+                                   else f"**{change.error or 'none: the run ended before it answered'}**"))
+        if change.before or change.path:
+            add(f"  - replicas before: {replica_list(change.before)}")
+        if change.answered is not None or not change.path:
+            add(f"  - replicas after: {replica_list(change.after)}"
+                + (f" — **{change.check}**" if change.check else
+                   f" — as expected ({change.replicas} of {change.image})" if change.after else ""))
+        if totals is not None:
+            failed = {(m, k): n for (p, m, k), n in totals.failed.items() if p == index}
+            if failed:
+                add("  - failures: " + ", ".join(f"{m} {k} × {n}" for (m, k), n in sorted(failed.items())))
+    posts = sum(n for (p, m, _), n in totals.failed.items() if m == "POST") if totals is not None else 0
+    if posts:
+        add("")
+        add("POST failures do not fail the run (a relay cannot safely resend a POST cut off mid-way), "
+            "but in this mode nothing kills a replica: each one here is a request that a change cut "
+            "short, on a replica it took out of the rotation and stopped (see the examples under "
+            "Failures, and nmc's log at that moment).")
+
+
+@dataclass
+class PhaseTotals:
+    sent: Counter
+    failed: Counter
+    latency: dict
+
+
+def phase_totals(load: Load) -> PhaseTotals:
+    totals = PhaseTotals(Counter(), Counter(), {})
+    for stats in load.stats:
+        totals.sent.update(stats.phase_sent)
+        totals.failed.update(stats.phase_failed)
+        for phase, values in stats.phase_latency.items():
+            totals.latency.setdefault(phase, []).extend(values)
+    return totals
+
+
+def clock(began_wall: datetime | None, at: float | None) -> str:
+    if began_wall is None or at is None:
+        return "-"
+    return f"{began_wall + timedelta(seconds=at):%H:%M:%S.%f}"[:-5]
+
+
+def replica_list(replicas: list) -> str:
+    return ", ".join(f"{name.rsplit('-', 1)[-1]} ({cid}, image {image})" for name, cid, image in replicas) or "none"
+
+
+def report_chaos(run: Run, add) -> None:
     add("")
     add("## Chaos and time to replace")
     add("")
@@ -878,32 +1237,6 @@ def report(run: Run) -> str:
                              else f"; {action.measure.error}")
                 add(f"- **{what}** at t={action.ran_at:.1f}s of {action.name or '-'}: {action.outcome}{extra}")
 
-    if load is not None and load.began:
-        per_second = merged(load).per_second
-        seconds = sorted({s for s, _ in per_second})
-        if seconds:
-            add("")
-            add("## Timeline")
-            add("")
-            add("| second | ok | failed | chaos |")
-            add("|---:|---:|---:|---|")
-            for second in seconds:
-                events = ", ".join(f"{a.what} {a.name.rsplit('-', 1)[-1]}" for a in run.actions
-                                   if a.ran_at is not None and int(a.ran_at) == second and a.name)
-                add(f"| {second} | {per_second[second, 'ok']} | {per_second[second, 'failed']} | {events} |")
-
-    if run.nmc is not None and run.nmc.lines:
-        add("")
-        add("## nmc's log")
-        add("")
-        add("```")
-        for _at, line in run.nmc.lines[:400]:
-            add(line)
-        if len(run.nmc.lines) > 400:
-            add(f"... {len(run.nmc.lines) - 400} more lines")
-        add("```")
-    return "\n".join(out) + "\n"
-
 
 # -- the run --------------------------------------------------------------------------------------
 
@@ -911,17 +1244,37 @@ def report(run: Run) -> str:
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="chaos.py", description="A bounded chaos run against an nmc cluster of its own "
-        "(kills, a pause, a crash under load); see the module docstring.")
-    parser.add_argument("--replicas", "-n", type=int, default=3, help="replicas (default 3)")
-    parser.add_argument("--duration", type=float, default=30.0, help="seconds of load (default 30)")
+        "(kills, a pause, a crash under load; or, with --changes, live scaling and rolling "
+        "updates under load); see the module docstring.")
+    parser.add_argument("--replicas", "-n", type=int, default=None, help="replicas (default 3)")
+    parser.add_argument("--duration", type=float, default=None, help="seconds of load (default 30)")
     parser.add_argument("--clients", type=int, default=32, help="concurrent clients (default 32)")
     parser.add_argument("--seed", type=int, default=None, help="fixes the chaos schedule and the "
                         "request mix (default: a random one, printed)")
-    parser.add_argument("--kill-every", type=float, default=2.0, help="seconds between kills (default 2)")
+    parser.add_argument("--kill-every", type=float, default=None, help="seconds between kills (default 2)")
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds per request (default 10)")
     parser.add_argument("--no-chaos", action="store_true", help="the load alone: a baseline to "
                         "compare latency and throughput with")
+    parser.add_argument("--changes", action="store_true", help="instead of the chaos, live changes "
+                        "through the admin API: scale 2 -> 6 -> 1 -> 2, a rollout to a second image "
+                        "and back (max_surge 2); failures per phase")
     args = parser.parse_args(argv)
+    if args.changes:
+        given = [name for name, value in (("--replicas", args.replicas), ("--duration", args.duration),
+                                          ("--kill-every", args.kill_every), ("--no-chaos", args.no_chaos or None))
+                 if value is not None]
+        if given:
+            parser.error(f"not with --changes: {', '.join(given)} (its replicas and "
+                         "duration follow from its fixed sequence of changes)")
+        args.replicas, args.duration, args.kill_every = 2, CHANGES_LIMIT, 0.0
+        if not 1 <= args.clients <= 1024:
+            parser.error("--clients must be from 1 to 1024")
+        if not 0.1 <= args.timeout <= 60:
+            parser.error("--timeout must be from 0.1 to 60 seconds")
+        return args
+    args.replicas = 3 if args.replicas is None else args.replicas
+    args.duration = 30.0 if args.duration is None else args.duration
+    args.kill_every = 2.0 if args.kill_every is None else args.kill_every
     if not 1 <= args.replicas <= 64:
         parser.error("--replicas must be from 1 to 64")
     if not 1 <= args.duration <= 3600:
@@ -975,17 +1328,35 @@ def main(argv: list[str] | None = None) -> int:
             run.error = f"no Docker engine answers ({e})"
             log(run.error)
             return 1
+        if args.changes:
+            began = time.monotonic()
+            try:
+                site_id = client.images.get(SITE_IMAGE).id
+            except docker.errors.ImageNotFound:
+                raise RuntimeError(f"image {SITE_IMAGE} is missing: `make nodejs` builds it") from None
+            run.derived, derived_id = build_derived(client, run.cluster)
+            run.image_ids = {SITE_IMAGE: site_id, run.derived: derived_id}
+            run.phases["build image"] = time.monotonic() - began
+            log(f"built {run.derived} ({short_id(derived_id)}) FROM {SITE_IMAGE} ({short_id(site_id)}) "
+                f"in {run.phases['build image']:.1f}s")
         run.phases["start nmc"] = _start_nmc(run)
         if run.error:
             return 1
-        base = run.nmc.base_port
-        ports = list(range(base, base + args.replicas))
-        run.actions = [] if args.no_chaos else make_schedule(run.seed, args.duration, args.kill_every, ports)
-        log(f"seed {run.seed}: {sum(a.what == 'kill' for a in run.actions)} kills, "
-            + ", ".join(f"{a.what} at {a.at:g}s" for a in run.actions if a.what != "kill"))
-        run.load = Load(f"http://127.0.0.1:{run.nmc.port}", args.clients, run.seed, args.timeout)
-        run.chaos = Chaos(client, run.cluster, ports, run.load)
-        _load_and_chaos(run)
+        if args.changes:
+            run.changes = changes_sequence(run.derived)
+            run.load = Load(f"http://127.0.0.1:{run.nmc.port}", args.clients, run.seed, args.timeout)
+            run.changer = Changes(client, run.cluster, f"http://127.0.0.1:{run.nmc.admin_port}",
+                                  run.image_ids)
+            _load_and_changes(run)
+        else:
+            base = run.nmc.base_port
+            ports = list(range(base, base + args.replicas))
+            run.actions = [] if args.no_chaos else make_schedule(run.seed, args.duration, args.kill_every, ports)
+            log(f"seed {run.seed}: {sum(a.what == 'kill' for a in run.actions)} kills, "
+                + ", ".join(f"{a.what} at {a.at:g}s" for a in run.actions if a.what != "kill"))
+            run.load = Load(f"http://127.0.0.1:{run.nmc.port}", args.clients, run.seed, args.timeout)
+            run.chaos = Chaos(client, run.cluster, ports, run.load)
+            _load_and_chaos(run)
     except Interrupted as e:
         run.interrupted = str(e)
         log(f"interrupted ({e}): stopping the load and removing the cluster")
@@ -1015,13 +1386,17 @@ def main(argv: list[str] | None = None) -> int:
 
 def _start_nmc(run: Run) -> float:
     began = time.monotonic()
+    # --changes grows the cluster to 6 replicas, on the lowest free ports from the base port on
+    span = CHANGES_PORTS if run.args.changes else run.args.replicas
     for attempt in range(3):  # a free port can be taken between our probe and nmc's bind
-        base = free_ports(run.args.replicas)
-        port = free_ports(1, set(range(base, base + run.args.replicas)))
-        run.nmc = Nmc(run.cluster, port, base, run.args.replicas)
+        base = free_ports(span)
+        port = free_ports(1, set(range(base, base + span)))
+        admin_port = free_ports(1, set(range(base, base + span)) | {port})
+        run.nmc = Nmc(run.cluster, port, base, run.args.replicas, admin_port)
         log(f"starting {run.nmc.command}")
         if run.nmc.wait_serving(START_LIMIT):
-            log(f"nmc is serving on 127.0.0.1:{port}, replicas on {base}-{base + run.args.replicas - 1}")
+            log(f"nmc is serving on 127.0.0.1:{port} (admin port {admin_port}), replicas from {base} "
+                f"(ports up to {base + span - 1} kept free)")
             return time.monotonic() - began
         run.nmc.stop()
         output = run.nmc.tail()
@@ -1033,9 +1408,74 @@ def _start_nmc(run: Run) -> float:
     return time.monotonic() - began
 
 
+def _load_and_changes(run: Run) -> None:
+    """The steady phase, then each change in turn (waited for, then SETTLE seconds of load);
+    a change that fails or leaves other replicas than it should ends the sequence."""
+    load, changer, changes = run.load, run.changer, run.changes
+    cpu = cpu_mark(run)
+    steady = changes[0]
+    steady.before = changer.replicas()
+    load.phase = 0
+    load.start(CHANGES_LIMIT)
+    steady.started = 0.0
+    log(f"load: {run.args.clients} clients against {load.url}; changes through {changer.admin_url} "
+        f"(at most {CHANGES_LIMIT:g}s in all)")
+    try:
+        time.sleep(STEADY)
+        steady.after = changer.replicas()
+        steady.check = changer.check(steady)
+        last = steady
+        for index, change in enumerate(changes[1:], 1):
+            if run.nmc.proc.poll() is not None:
+                raise RuntimeError(f"nmc exited during the run with code {run.nmc.proc.poll()}:\n"
+                                   f"{run.nmc.tail()}")
+            limit = load.end - SETTLE - time.monotonic()
+            if limit < 10:
+                change.error = f"not run: the load's limit of {CHANGES_LIMIT:g}s was near"
+                break
+            change.before = changer.replicas()
+            change.started = last.ended = time.monotonic() - load.began
+            load.phase = index
+            log(f"t={change.started:5.1f}s {index}. {change.title}: {change.call}")
+            changer.call(change, limit)
+            change.answered = time.monotonic() - load.began
+            change.after = changer.replicas()
+            change.check = changer.check(change)
+            last = change
+            log(f"t={change.answered:5.1f}s {index}. answered after {change.took:.1f}s: "
+                f"{change.message or change.error}; replicas: {describe_replicas(change.after)}"
+                + (f"; {change.check}" if change.check else ""))
+            if change.error or change.check:
+                break  # nmc may still be busy with it: what follows would measure nothing sure
+            time.sleep(SETTLE)
+        load.halt()
+        last.ended = load.stopped - load.began
+    finally:
+        changer.close()
+    wall = max(1e-9, load.finished() - load.began)
+    cpu_record(run, cpu, wall)
+    run.phases["load"] = wall
+
+
+def cpu_mark(run: Run) -> tuple:
+    return own_cpu(), process_cpu(run.nmc.proc.pid), machine_cpu()
+
+
+def cpu_record(run: Run, mark: tuple, wall: float) -> None:
+    """CPU shares over `wall` seconds since `mark`, into run.cpu."""
+    cpu_client, cpu_nmc, cpu_machine = mark
+    nmc_now = process_cpu(run.nmc.proc.pid)
+    run.cpu["client"] = (own_cpu() - cpu_client) / wall
+    if cpu_nmc is not None and nmc_now is not None:
+        run.cpu["nmc"] = (nmc_now - cpu_nmc) / wall
+    machine_now = machine_cpu()
+    if cpu_machine is not None and machine_now is not None and machine_now[1] > cpu_machine[1]:
+        run.cpu["machine"] = (machine_now[0] - cpu_machine[0]) / (machine_now[1] - cpu_machine[1])
+
+
 def _load_and_chaos(run: Run) -> None:
     load, chaos, args = run.load, run.chaos, run.args
-    cpu_client, cpu_nmc, cpu_machine = own_cpu(), process_cpu(run.nmc.proc.pid), machine_cpu()
+    cpu = cpu_mark(run)
     load.start(args.duration)
     log(f"load: {args.clients} clients for {args.duration:g}s against {load.url}")
     for action in run.actions:
@@ -1049,13 +1489,7 @@ def _load_and_chaos(run: Run) -> None:
     if remaining > 0:
         time.sleep(remaining)
     wall = max(1e-9, time.monotonic() - load.began)
-    nmc_now = process_cpu(run.nmc.proc.pid)
-    run.cpu["client"] = (own_cpu() - cpu_client) / wall
-    if cpu_nmc is not None and nmc_now is not None:
-        run.cpu["nmc"] = (nmc_now - cpu_nmc) / wall
-    machine_now = machine_cpu()
-    if cpu_machine is not None and machine_now is not None and machine_now[1] > cpu_machine[1]:
-        run.cpu["machine"] = (machine_now[0] - cpu_machine[0]) / (machine_now[1] - cpu_machine[1])
+    cpu_record(run, cpu, wall)
     run.phases["load"] = wall
 
 
@@ -1093,6 +1527,14 @@ def _clean_up(run: Run, client) -> None:
                 log(f"the Docker engine does not answer ({type(e).__name__}); trying again for "
                     f"{ENGINE_WAIT:g}s to remove the cluster")
             time.sleep(1)
+    if run.args.changes:
+        try:
+            client = client or engine()
+            run.images_removed = remove_derived(client, run.cluster)
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as e:
+            run.image_error = (f"could not remove the image built for the rollout ({e}); remove it with: "
+                               f"docker rmi -f $(docker images -aq --filter label={LABEL_CHAOS}={run.cluster})")
+            log(run.image_error)
     if client is not None:
         client.close()
     if run.leaked:
