@@ -1,7 +1,8 @@
 """The WSGI callable: pick a ready replica, relay the request to it, stream its answer back.
 
 The proxy decides *where* a request goes and *what* it carries; a `requests.Session` decides *how*
-it gets there (connection pooling, keep-alive). The rules follow Go's httputil.ReverseProxy:
+it gets there, through nmc's transport adapter (`nmc.transport`: HTTP/1.1 over pooled keep-alive
+connections). The rules follow Go's httputil.ReverseProxy:
 the request target and headers are relayed as received, hop-by-hop headers (the fixed list and
 every header named in `Connection`) are dropped both ways, X-Forwarded-For is appended to, and
 a backend failure becomes a 502/503/504 answer, worded by `http_rules.error_answer`.
@@ -11,19 +12,17 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import re
 import time
-import uuid
 from typing import Callable, Iterable, Iterator
 from urllib.parse import quote, urlsplit
 
 import gevent
 import requests
-import requests.adapters
 import urllib3
-from requests.structures import CaseInsensitiveDict
 
-from nmc import tunnel
+from nmc import transport, tunnel
 from nmc.http_rules import HOP_BY_HOP, connection_named, error_answer
 from nmc.pool import Pool, Replica
 
@@ -58,22 +57,13 @@ class ClientBodyError(Exception):
     """Reading the client's request body failed (malformed chunks, or the client went away)."""
 
 
-class _RelayAdapter(requests.adapters.HTTPAdapter):
-    """Sends request bodies in CHUNK-sized blocks (urllib3's default is 16 KiB)."""
-
-    def init_poolmanager(self, connections, maxsize, block=False, **pool_kwargs):
-        pool_kwargs.setdefault("blocksize", CHUNK)
-        super().init_poolmanager(connections, maxsize, block, **pool_kwargs)
-
-
 def make_session(pool_size: int = 1024) -> requests.Session:
-    """A Session that adds nothing of its own to relayed requests and keeps many connections."""
+    """A Session that adds nothing of its own to relayed requests and keeps up to `pool_size`
+    idle connections per replica."""
     session = requests.Session()
     session.trust_env = False   # no proxy, .netrc or CA lookups in the environment per request
     session.headers.clear()     # no User-Agent / Accept / Accept-Encoding the client did not send
-    adapter = _RelayAdapter(pool_connections=64, pool_maxsize=pool_size, pool_block=False,
-                            max_retries=0)
-    session.mount("http://", adapter)
+    session.mount("http://", transport.RelayAdapter(pool_size))
     return session
 
 
@@ -91,8 +81,8 @@ class Proxy:
         self.log_requests = log_requests
         self.served_by = served_by
         self.session = session or make_session()
-        # Requests go out through the session's adapter, not Session.send: that would read the
-        # whole body of a redirect answer (to follow it) and keep every Set-Cookie in a jar.
+        # Requests go out through the session's adapter (a transport.RelayAdapter), not
+        # Session.send: that would follow a redirect, reading the whole body of its answer.
         self.transport = self.session.get_adapter("http://")
 
     def __call__(self, environ: dict, start_response) -> Iterable[bytes]:
@@ -104,8 +94,7 @@ class Proxy:
         try:
             body = None if upgrade else _request_body(environ)  # a tunnel relays its own
         except ClientBodyError as e:
-            environ["nmc.close_connection"] = True  # the rest of the body cannot be trusted
-            return error_answer(start_response, 400, str(e), request_id)
+            return _bad_body(environ, start_response, e, request_id)
         tried: dict[Replica, str | None] = {}  # replica -> the container it had when tried
         queued_until = None
         while True:
@@ -138,22 +127,22 @@ class Proxy:
             request = requests.PreparedRequest()
             request.method = method
             request.url = replica.url + target
-            request.headers = CaseInsensitiveDict(headers)
+            request.headers = headers  # a plain dict: the transport only iterates it
             request.body = body.payload if body is not None else None
             try:
                 response = self.transport.send(request, stream=True, timeout=self.timeout)
+            except ClientBodyError as e:  # the client's fault, not the replica's
+                return _bad_body(environ, start_response, e, request_id)
             except requests.exceptions.ConnectTimeout:
                 self.report_failure(replica, "connection timed out")
                 continue  # nothing was sent: any request may go elsewhere
+            except transport.NotConnected:
+                self.report_failure(replica, "connection refused")
+                continue
             except requests.exceptions.ReadTimeout:
                 return error_answer(start_response, 504, f"replica {replica.name} did not answer within "
                                     f"{self.timeout[1]:g}s", request_id)
-            except requests.exceptions.ConnectionError as e:
-                if body is not None and body.failed is not None:  # the client's fault, not the replica's
-                    return error_answer(start_response, 400, f"request body: {body.failed}", request_id)
-                if _never_connected(e):
-                    self.report_failure(replica, "connection refused")
-                    continue
+            except requests.exceptions.ConnectionError:
                 self.report_failure(replica, "connection broken")
                 if method in IDEMPOTENT and (body is None or body.replayable):
                     continue  # safe to send again: the method says so, and the body is at hand
@@ -163,16 +152,17 @@ class Proxy:
                 log.warning("relay to %s failed: %s", replica.name, e)
                 return error_answer(start_response, 502, f"replica {replica.name} sent an invalid answer",
                                     request_id)
-            return _relay_response(response, replica, start_response, method, extra)
+            return _relay_response(response.raw, replica, start_response, extra)
 
 
 # -- the request --------------------------------------------------------------------------------
 
 
 def _request_id(environ: dict) -> str:
-    """The client's X-Request-ID when it is a sane token, else a new one."""
+    """The client's X-Request-ID when it is a sane token, else a new one (128 random bits, as
+    hex: what uuid4().hex gives, without building a UUID)."""
     given = environ.get("HTTP_X_REQUEST_ID", "")
-    return given if REQUEST_ID.match(given) else uuid.uuid4().hex
+    return given if REQUEST_ID.match(given) else os.urandom(16).hex()
 
 
 def _request_target(environ: dict) -> str:
@@ -230,7 +220,8 @@ def _request_headers(environ: dict, request_id: str) -> dict[str, str]:
     if "host" in names:
         headers["X-Forwarded-Host"] = headers[names["host"]]
     headers["X-Request-ID"] = request_id
-    # urllib3 adds these unless told not to; the replica should see only what the client sent
+    # A requests transport may add these unless told not to (urllib3's does): the replica
+    # should see only what the client sent. nmc's transport honours the marker as well.
     for name in ("User-Agent", "Accept-Encoding"):
         if name.lower() not in names:
             headers[name] = urllib3.util.SKIP_HEADER
@@ -238,28 +229,27 @@ def _request_headers(environ: dict, request_id: str) -> dict[str, str]:
 
 
 class _ClientBody:
-    """The client's request body as urllib3 reads it, keeping the error if reading fails, so
-    that a bad or vanished client is not blamed on the replica."""
+    """The client's request body as the transport reads it. A failure to read it is a
+    ClientBodyError, so that a bad or vanished client is not blamed on the replica."""
 
     def __init__(self, stream):
         self.stream = stream
-        self.failed: Exception | None = None
 
     @property
     def payload(self):
-        """What urllib3 is given to send: this object (read as a file, or iterated)."""
+        """What the transport is given to send: this object (read as a file, or iterated)."""
         return self
 
-    def _guarded(self, read, *args) -> bytes:
+    @staticmethod
+    def _guarded(read, *args) -> bytes:
         try:
             return read(*args)
         except (OSError, ValueError) as e:
-            self.failed = e
-            raise
+            raise ClientBodyError(f"request body: {e}") from e
 
 
 class _LengthBody(_ClientBody):
-    """A Content-Length body: urllib3 reads it as a file, in blocks."""
+    """A Content-Length body: the transport reads it as a file, in blocks."""
 
     replayable = False
 
@@ -275,10 +265,7 @@ class _SmallBody(_ClientBody):
 
     def __init__(self, stream, length: int):
         super().__init__(stream)
-        try:
-            self.data = self._guarded(stream.read, length)
-        except (OSError, ValueError) as e:
-            raise ClientBodyError(f"request body ({e})") from e
+        self.data = self._guarded(stream.read, length)
         if len(self.data) != length:
             raise ClientBodyError(f"request body ended after {len(self.data)} of {length} bytes")
 
@@ -288,18 +275,15 @@ class _SmallBody(_ClientBody):
 
 
 class _ChunkedBody(_ClientBody):
-    """A chunked body: urllib3 sends each piece as a chunk. (No `read` here: urllib3 would take
-    this for a file and skip the first piece, read ahead below.)"""
+    """A chunked body: the transport sends each piece as a chunk. (No `read` here: the
+    transport would take this for a file and skip the first piece, read ahead below.)"""
 
     replayable = False
 
     def __init__(self, stream):
         super().__init__(stream)
         # the first piece now: a malformed first chunk is a 400 before anything is relayed
-        try:
-            self.first = self._guarded(_read_chunk_piece, stream)
-        except (OSError, ValueError) as e:
-            raise ClientBodyError(f"malformed chunked body ({e})") from e
+        self.first = self._guarded(_read_chunk_piece, stream)
 
     def __iter__(self) -> Iterator[bytes]:
         piece = self.first
@@ -344,59 +328,35 @@ def _upgrade_requested(environ: dict) -> str | None:
     return None
 
 
-def _never_connected(error: Exception) -> bool:
-    """True when the connection to the replica was never made (so nothing was sent)."""
-    cause = error.args[0] if error.args else None
-    reason = getattr(cause, "reason", cause)
-    return isinstance(reason, urllib3.exceptions.NewConnectionError)
+def _bad_body(environ: dict, start_response, error: ClientBodyError, request_id: str):
+    environ["nmc.close_connection"] = True  # the rest of the body cannot be trusted
+    return error_answer(start_response, 400, str(error), request_id)
 
 
 # -- the answer ---------------------------------------------------------------------------------
 
 
-def _relay_response(response: requests.Response, replica: Replica, start_response, method: str,
+def _relay_response(answer: transport.Answer, replica: Replica, start_response,
                     extra_headers: list[tuple[str, str]]):
-    raw = response.raw
-    dropped = HOP_BY_HOP | connection_named(raw.headers.items())
-    headers = [(name, value) for name, value in raw.headers.iteritems()
-               if name.lower() not in dropped]
-    start_response(f"{response.status_code} {response.reason or ''}".rstrip(),
-                   headers + extra_headers)
-    if method == "HEAD" or response.status_code in (204, 304) or response.status_code < 200:
-        raw.release_conn()  # these never have a body, whatever Content-Length says
+    dropped = HOP_BY_HOP | connection_named(answer.headers)
+    headers = [(name, value) for name, value in answer.headers if name.lower() not in dropped]
+    start_response(f"{answer.status} {answer.reason}".rstrip(), headers + extra_headers)
+    if answer.complete:  # no body (HEAD, 1xx, 204, 304, or empty): its connection is back already
         return []
-    length = raw.headers.get("Content-Length")
-    if length is not None and length.isdigit() and int(length) <= SMALL_BODY:
+    if answer.length is not None and answer.length <= SMALL_BODY:
         try:
-            data = raw.read(decode_content=False)  # whole: sent with the headers in one write
-        except (urllib3.exceptions.HTTPError, OSError) as e:
-            raw.close()
+            return [answer.read()]  # whole: sent with the headers in one write
+        except requests.exceptions.RequestException as e:
             raise BackendBroke(f"replica {replica.name} broke off its answer: {e}") from e
-        if len(data) != int(length):
-            raw.close()
-            raise BackendBroke(f"replica {replica.name} sent {len(data)} of {length} bytes")
-        raw.release_conn()
-        return [data]
-    return _stream_body(raw, replica)
+    return _stream_body(answer, replica)
 
 
-def _stream_body(raw, replica: Replica):
+def _stream_body(answer: transport.Answer, replica: Replica):
     """The answer's body as it arrives, undecoded (a gzip answer stays gzip)."""
-    complete = False
     try:
-        if raw.chunked:
-            yield from raw.read_chunked(CHUNK, decode_content=False)
-        else:
-            while True:  # read1: what has arrived, up to CHUNK; never waits for a full CHUNK
-                data = raw.read1(CHUNK, decode_content=False)
-                if not data:
-                    break
-                yield data
-        complete = True
-    except (urllib3.exceptions.HTTPError, OSError) as e:
+        yield from answer.stream(CHUNK)
+    except requests.exceptions.RequestException as e:
         log.warning("replica %s broke off an answer under way: %s", replica.name, e)
         raise BackendBroke(f"replica {replica.name} broke off its answer") from e
     finally:
-        if not complete:  # the client left, or the replica broke: this connection is done for
-            raw.close()
-        raw.release_conn()
+        answer.close()  # the client left, or the replica broke (read whole, it is back in the pool)

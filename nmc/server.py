@@ -81,13 +81,17 @@ class ProxyHandler(WSGIHandler):
 
     def read_requestline(self):
         # Waiting for a request to begin: --idle-timeout on a kept-alive connection, --header-timeout
-        # on a new one. From its first byte on, the whole head must arrive within --header-timeout.
+        # on a new one. From its first byte on, the whole head must arrive within --header-timeout
+        # (a timer, unless the empty line that ends the head has arrived with that first read, as
+        # it usually has: reading the head then never waits for the client).
         # A timeout here raises socket.timeout, on which pywsgi closes the connection.
         self.socket.settimeout(self.server.idle_timeout if self.answered else self.server.header_timeout)
-        if not self.rfile.peek(1):
+        arrived = self.rfile.peek(1)
+        if not arrived:
             return ""  # the client closed
-        self._head_timer = gevent.Timeout.start_new(
-            self.server.header_timeout, socket.timeout("request head too slow"))
+        if b"\n\r\n" not in arrived and b"\n\n" not in arrived:
+            self._head_timer = gevent.Timeout.start_new(
+                self.server.header_timeout, socket.timeout("request head too slow"))
         return self.rfile.readline(request_head.MAX_REQUEST_LINE).decode("latin-1")
 
     def read_request(self, raw_requestline):
@@ -172,6 +176,21 @@ class ProxyHandler(WSGIHandler):
         environ["nmc.socket"] = self.socket
         environ["nmc.rfile"] = self.rfile
         return environ
+
+    def _sendall(self, data):
+        # gevent's socket.sendall asks the kernel for the send buffer's size on every call
+        # (a syscall); one send() takes a whole answer of the usual size. Errors are recorded
+        # as pywsgi's own _sendall does.
+        try:
+            sent = self.socket.send(data)
+            if sent < len(data):
+                self.socket.sendall(memoryview(data)[sent:])
+        except OSError as ex:
+            self.status = f"socket error: {ex}"
+            if self.code > 0:
+                self.code = -self.code
+            raise
+        self.response_length += len(data)
 
     def _write_with_headers(self, data):
         # pywsgi sends the headers and the body in two send()s; with the client's delayed ACK
