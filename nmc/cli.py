@@ -69,6 +69,11 @@ Options:
                              [default: 60].
   --max-connections N        Open client connections at most; past it new ones get a 503
                              [default: 10000].
+  --balance POLICY           How a replica is chosen: roundrobin (each in turn, as the
+                             original) or least-conn (the fewest requests in flight)
+                             [default: roundrobin].
+  --sticky                   Keep each client on its replica while that one is ready
+                             (a cookie, nmc_replica), for apps with in-memory sessions.
   --no-served-by             Do not name the replica in an X-Served-By answer header.
   --max-surge N              Replicas a rollout starts at a time, before it removes as
                              many old ones [default: 1].
@@ -78,6 +83,8 @@ Options:
   --keep                     Leave the replicas running on exit; the next start with the
                              same --name adopts them.
   -q, --quiet                No log line per request.
+  --access-log FILE          Write one line per request to FILE (- for stdout), in the
+                             combined log format plus request id, replica and time taken.
   --logs                     Also print the replicas' output, each line prefixed with its
                              replica (as `nmc-server logs -f` does).
   -f, --follow               (logs) Keep printing new lines, also of replicas started later.

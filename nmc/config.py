@@ -20,6 +20,7 @@ MAX_REPLICAS = 64
 # Replicas publish their port on loopback only: they are reached through nmc, not directly.
 REPLICA_HOST = "127.0.0.1"
 DEFAULT_IMAGE = "nodejs.org"
+BALANCE_POLICIES = ("roundrobin", "least-conn")
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,8 @@ class Config:
     header_timeout: float = 10.0
     idle_timeout: float = 60.0
     max_connections: int = 10000
+    balance: str = "roundrobin"  # or "least-conn"
+    sticky: bool = False    # cookie-based affinity: a client keeps its replica while it is ready
     build: str = ""         # a folder to build the image from (then named build_image)
     max_surge: int = 1
     admin_port: int = 3100  # 0: no admin interface
@@ -51,6 +54,7 @@ class Config:
     served_by: bool = True
     quiet: bool = False
     logs: bool = False      # also print the replicas' own output
+    access_log: str = ""    # a file for one combined-format line per request; "-": stdout
     keep: bool = False
     env_file: str = ""
     # The environment of every replica: --env-file's variables, then -e's (which win).
@@ -84,6 +88,9 @@ class Config:
                                  "admin interface needs a port of its own (0 turns it off)")
         elif self.admin_port < 0:
             raise UsageError("--admin-port must be a port number, or 0 for none")
+        if self.balance not in BALANCE_POLICIES:
+            raise UsageError(f"--balance must be one of {', '.join(BALANCE_POLICIES)}, "
+                             f"not {self.balance!r}")
         if not 1 <= self.max_surge <= MAX_REPLICAS:
             raise UsageError(f"--max-surge must be from 1 to {MAX_REPLICAS}, not {self.max_surge}")
         if not 1 <= self.replicas <= MAX_REPLICAS:

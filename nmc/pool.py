@@ -150,6 +150,33 @@ class Pool:
     def ready(self) -> list[Replica]:
         return [r for r in self.replicas if r.state is State.READY]
 
+    def choose(self, skip=(), balance: str = "roundrobin", preferred: str | None = None
+               ) -> Replica | None:
+        """The replica for the next request, among the ready ones not in `skip`: `preferred`
+        (a replica's name, from a sticky cookie) while it is ready, else by the `balance` policy:
+        "roundrobin" (each in turn) or "least-conn" (the fewest requests in flight; ties in
+        turn). None when no replica is ready."""
+        if preferred is not None:
+            for replica in self.replicas:
+                if replica.name == preferred and replica.state is State.READY and replica not in skip:
+                    return replica
+        if balance == "least-conn":
+            return self._least_busy(skip)
+        return self.next_ready(skip)
+
+    def _least_busy(self, skip) -> Replica | None:
+        count = len(self.replicas)
+        best, best_index = None, 0
+        for step in range(count):  # from the cursor on: equal loads are taken in turn
+            index = (self._cursor + step) % count
+            replica = self.replicas[index]
+            if replica.state is State.READY and replica not in skip and \
+                    (best is None or replica.in_flight < best.in_flight):
+                best, best_index = replica, index
+        if best is not None:
+            self._cursor = best_index + 1
+        return best
+
     def next_ready(self, skip: tuple[Replica, ...] = ()) -> Replica | None:
         """The next ready replica after the last one chosen, skipping `skip`; None if none is."""
         count = len(self.replicas)

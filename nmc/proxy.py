@@ -41,6 +41,8 @@ QUEUE_POLL = 0.05         # seconds between looks for a ready replica while a re
 # Requests that may be sent again to another replica when the first broke mid-way (RFC 9110 9.2.2).
 IDEMPOTENT = frozenset(("GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"))
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._:+/=-]{1,128}$")
+STICKY_COOKIE = "nmc_replica"
+STICKY = re.compile(r"(?:^|;)\s*nmc_replica=([^;\s]+)")
 
 FailureReporter = Callable[[Replica, str], None]
 
@@ -68,13 +70,20 @@ def make_session(pool_size: int = 1024) -> requests.Session:
 
 
 class Proxy:
-    """WSGI application relaying every request to the pool's replicas in round-robin order."""
+    """WSGI application relaying every request to the pool's replicas (round-robin by default).
+
+    Each replica's numbers (requests, errors, in flight, the latency histogram, bytes) are
+    counted here, per request, as plain additions; /status and /metrics read them."""
 
     def __init__(self, pool: Pool, report_failure: FailureReporter | None = None, *,
                  backend_timeout: float = 30.0, queue_timeout: float = 2.0,
                  log_requests: bool = True, served_by: bool = True,
+                 balance: str = "roundrobin", sticky: bool = False, access_log=None,
                  session: requests.Session | None = None):
         self.pool = pool
+        self.balance = balance
+        self.sticky = sticky
+        self.access_log = access_log  # a text file: one combined-format line per request
         self.report_failure = report_failure or (lambda replica, reason: None)
         self.timeout = (CONNECT_TIMEOUT, backend_timeout)
         self.queue_timeout = queue_timeout
@@ -86,6 +95,7 @@ class Proxy:
         self.transport = self.session.get_adapter("http://")
 
     def __call__(self, environ: dict, start_response) -> Iterable[bytes]:
+        arrived = time.monotonic()
         request_id = _request_id(environ)
         method = environ["REQUEST_METHOD"]
         target = _request_target(environ)
@@ -97,10 +107,11 @@ class Proxy:
             return _bad_body(environ, start_response, e, request_id)
         tried: dict[Replica, str | None] = {}  # replica -> the container it had when tried
         queued_until = None
+        preferred = _sticky_replica(environ) if self.sticky else None
         while True:
             # a replica tried already is skipped while it is the same container, not once replaced
             skip = tuple(r for r, container in tried.items() if r.container_id == container)
-            replica = self.pool.next_ready(skip=skip)
+            replica = self.pool.choose(skip, self.balance, preferred)
             if replica is None:
                 # None ready (all being replaced at once?): wait a little, like HAProxy's
                 # `timeout queue`. Nothing has been sent, so this is safe for any request.
@@ -110,6 +121,7 @@ class Proxy:
                     gevent.sleep(QUEUE_POLL)
                     continue
                 what = "no replica is ready" if not tried else "no replica could be reached"
+                self._log_access(environ, 503, request_id, None, arrived)
                 return error_answer(start_response, 503, what, request_id,
                                     [("Retry-After", RETRY_AFTER)])
             tried[replica] = replica.container_id
@@ -117,6 +129,10 @@ class Proxy:
                 log.info("Forwarding request to port: %d", replica.port)
             extra = [("X-Served-By", replica.name)] if self.served_by else []
             extra.append(("X-Request-ID", request_id))
+            if self.sticky and preferred != replica.name:
+                extra.append(("Set-Cookie", f"{STICKY_COOKIE}={replica.name}; Path=/; HttpOnly; "
+                                            "SameSite=Lax"))
+            replica.requests += 1
             if upgrade:
                 try:
                     return tunnel.relay_upgrade(environ, start_response, replica, target, headers,
@@ -129,30 +145,98 @@ class Proxy:
             request.url = replica.url + target
             request.headers = headers  # a plain dict: the transport only iterates it
             request.body = body.payload if body is not None else None
+            exchange = _Exchange(self, replica, environ, request_id, body)
             try:
                 response = self.transport.send(request, stream=True, timeout=self.timeout)
             except ClientBodyError as e:  # the client's fault, not the replica's
+                exchange.finish(400, failed=False)
                 return _bad_body(environ, start_response, e, request_id)
             except requests.exceptions.ConnectTimeout:
+                exchange.abandon()
                 self.report_failure(replica, "connection timed out")
                 continue  # nothing was sent: any request may go elsewhere
             except transport.NotConnected:
+                exchange.abandon()
                 self.report_failure(replica, "connection refused")
                 continue
             except requests.exceptions.ReadTimeout:
+                exchange.finish(504, failed=True)
                 return error_answer(start_response, 504, f"replica {replica.name} did not answer within "
                                     f"{self.timeout[1]:g}s", request_id)
             except requests.exceptions.ConnectionError:
                 self.report_failure(replica, "connection broken")
                 if method in IDEMPOTENT and (body is None or body.replayable):
+                    exchange.abandon()
                     continue  # safe to send again: the method says so, and the body is at hand
+                exchange.finish(502, failed=True)
                 return error_answer(start_response, 502, f"replica {replica.name} broke the connection",
                                     request_id)
             except requests.exceptions.RequestException as e:
+                exchange.finish(502, failed=True)
                 log.warning("relay to %s failed: %s", replica.name, e)
                 return error_answer(start_response, 502, f"replica {replica.name} sent an invalid answer",
                                     request_id)
-            return _relay_response(response.raw, replica, start_response, extra)
+            return _relay_response(response.raw, exchange, start_response, extra)
+
+    def _log_access(self, environ: dict, status: int, request_id: str, replica: Replica | None,
+                    started: float, sent: int = 0) -> None:
+        """One line in the combined log format, plus the request id, replica and time taken."""
+        if self.access_log is None:
+            return
+        target = environ.get("RAW_URI") or environ.get("REQUEST_URI") or environ.get("PATH_INFO", "")
+        request_line = f"{environ['REQUEST_METHOD']} {target} {environ.get('SERVER_PROTOCOL', '')}"
+        line = (f'{environ.get("REMOTE_ADDR") or "-"} - - [{time.strftime("%d/%b/%Y:%H:%M:%S %z")}] '
+                f'"{_printable(request_line)}" {status} {sent or "-"} '
+                f'"{_printable(environ.get("HTTP_REFERER", "-"))}" '
+                f'"{_printable(environ.get("HTTP_USER_AGENT", "-"))}" '
+                f'rid={request_id} replica={replica.name if replica else "-"} '
+                f'time={time.monotonic() - started:.3f}\n')
+        try:
+            self.access_log.write(line)
+            self.access_log.flush()
+        except OSError as e:  # a full disk must not fail the request
+            log.warning("cannot write the access log: %s", e)
+
+
+class _Exchange:
+    """One request relayed to one replica: in flight until its answer is relayed whole, then
+    counted (status class, time, bytes) and logged."""
+
+    __slots__ = ("proxy", "replica", "environ", "request_id", "body", "started")
+
+    def __init__(self, proxy: Proxy, replica: Replica, environ: dict, request_id: str, body):
+        self.proxy, self.replica, self.environ = proxy, replica, environ
+        self.request_id, self.body = request_id, body
+        self.started = time.monotonic()
+        replica.in_flight += 1
+
+    def abandon(self) -> None:
+        """Not answered (refused, or broken and sent elsewhere): an error of the replica's."""
+        self.replica.in_flight -= 1
+        self.replica.errors += 1
+
+    def finish(self, status: int, sent: int = 0, failed: bool = False) -> None:
+        replica, stats = self.replica, self.replica.stats
+        replica.in_flight -= 1
+        if failed:
+            replica.errors += 1
+        stats.record(status, time.monotonic() - self.started)
+        stats.bytes_out += sent
+        if self.body is not None:
+            stats.bytes_in += self.body.received
+        self.proxy._log_access(self.environ, status, self.request_id, replica, self.started, sent)
+
+
+def _sticky_replica(environ: dict) -> str | None:
+    """The replica named by the client's affinity cookie, if any."""
+    match = STICKY.search(environ.get("HTTP_COOKIE", ""))
+    return match.group(1) if match else None
+
+
+def _printable(text: str) -> str:
+    """A request's text for a log line: quotes and control characters escaped."""
+    return text.replace("\\", "\\\\").replace('"', '\\"').encode("ascii", "backslashreplace") \
+        .decode("ascii").replace("\n", "\\n").replace("\r", "\\r")
 
 
 # -- the request --------------------------------------------------------------------------------
@@ -234,18 +318,20 @@ class _ClientBody:
 
     def __init__(self, stream):
         self.stream = stream
+        self.received = 0  # bytes read from the client so far
 
     @property
     def payload(self):
         """What the transport is given to send: this object (read as a file, or iterated)."""
         return self
 
-    @staticmethod
-    def _guarded(read, *args) -> bytes:
+    def _guarded(self, read, *args) -> bytes:
         try:
-            return read(*args)
+            data = read(*args)
         except (OSError, ValueError) as e:
             raise ClientBodyError(f"request body: {e}") from e
+        self.received += len(data)
+        return data
 
 
 class _LengthBody(_ClientBody):
@@ -336,27 +422,36 @@ def _bad_body(environ: dict, start_response, error: ClientBodyError, request_id:
 # -- the answer ---------------------------------------------------------------------------------
 
 
-def _relay_response(answer: transport.Answer, replica: Replica, start_response,
+def _relay_response(answer: transport.Answer, exchange: _Exchange, start_response,
                     extra_headers: list[tuple[str, str]]):
     dropped = HOP_BY_HOP | connection_named(answer.headers)
     headers = [(name, value) for name, value in answer.headers if name.lower() not in dropped]
     start_response(f"{answer.status} {answer.reason}".rstrip(), headers + extra_headers)
     if answer.complete:  # no body (HEAD, 1xx, 204, 304, or empty): its connection is back already
+        exchange.finish(answer.status)
         return []
     if answer.length is not None and answer.length <= SMALL_BODY:
         try:
-            return [answer.read()]  # whole: sent with the headers in one write
+            data = answer.read()  # whole: sent with the headers in one write
         except requests.exceptions.RequestException as e:
-            raise BackendBroke(f"replica {replica.name} broke off its answer: {e}") from e
-    return _stream_body(answer, replica)
+            exchange.finish(answer.status, failed=True)
+            raise BackendBroke(f"replica {exchange.replica.name} broke off its answer: {e}") from e
+        exchange.finish(answer.status, len(data))
+        return [data]
+    return _stream_body(answer, exchange)
 
 
-def _stream_body(answer: transport.Answer, replica: Replica):
+def _stream_body(answer: transport.Answer, exchange: _Exchange):
     """The answer's body as it arrives, undecoded (a gzip answer stays gzip)."""
+    sent, broke = 0, False
     try:
-        yield from answer.stream(CHUNK)
+        for piece in answer.stream(CHUNK):
+            yield piece
+            sent += len(piece)
     except requests.exceptions.RequestException as e:
-        log.warning("replica %s broke off an answer under way: %s", replica.name, e)
-        raise BackendBroke(f"replica {replica.name} broke off its answer") from e
+        broke = True
+        log.warning("replica %s broke off an answer under way: %s", exchange.replica.name, e)
+        raise BackendBroke(f"replica {exchange.replica.name} broke off its answer") from e
     finally:
         answer.close()  # the client left, or the replica broke (read whole, it is back in the pool)
+        exchange.finish(answer.status, sent, failed=broke)

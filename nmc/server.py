@@ -11,6 +11,7 @@ import errno
 import logging
 import signal
 import socket
+import sys
 import time
 from contextlib import nullcontext
 
@@ -269,6 +270,18 @@ class ProxyServer(WSGIServer):
         return bool(drained)
 
 
+def open_access_log(path: str):
+    """--access-log: stdout for "-", else the file, appended to, a line at a time."""
+    if not path:
+        return None
+    if path == "-":
+        return sys.stdout
+    try:
+        return open(path, "a", buffering=1, encoding="utf-8")
+    except OSError as e:
+        raise UsageError(f"--access-log {path}: {e.strerror}") from None
+
+
 def bind_listener(address: str, port: int, option: str = "--port") -> socket.socket:
     sock = socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET, socket.SOCK_STREAM)
     try:
@@ -311,6 +324,7 @@ class NmcServer:
         for signum in (signal.SIGINT, signal.SIGTERM):
             gevent.signal_handler(signum, self.signals.put, signal.Signals(signum).name)
         gevent.signal_handler(signal.SIGHUP, self._on_sighup)
+        access_log = open_access_log(self.config.access_log)
         listener = bind_listener(self.config.bind, self.config.port)
         admin_listener = None
         try:
@@ -328,7 +342,9 @@ class NmcServer:
             proxy = Proxy(self.supervisor.pool, self.supervisor.report_failure,
                           backend_timeout=self.config.backend_timeout,
                           queue_timeout=self.config.queue_timeout,
-                          log_requests=not self.config.quiet, served_by=self.config.served_by)
+                          log_requests=not self.config.quiet, served_by=self.config.served_by,
+                          balance=self.config.balance, sticky=self.config.sticky,
+                          access_log=access_log)
             self.http = ProxyServer(listener, proxy, max_connections=self.config.max_connections,
                                     header_timeout=self.config.header_timeout,
                                     idle_timeout=self.config.idle_timeout,

@@ -46,7 +46,7 @@ def create_app(**options) -> Proxy:
     worker = Worker(config, pool)
     proxy = Proxy(pool, worker.report_failure, backend_timeout=config.backend_timeout,
                   queue_timeout=config.queue_timeout, log_requests=not config.quiet,
-                  served_by=config.served_by)
+                  served_by=config.served_by, balance=config.balance, sticky=config.sticky)
     worker.start()
     return proxy
 

@@ -246,8 +246,8 @@ def test_sighup_rolls_out_the_rebuilt_image(admin_cluster, docker_client, cluste
 
 
 def test_metrics_are_prometheus_text_with_the_cluster_s_numbers(admin_cluster, cluster_name):
-    """Parsed by prometheus-client's own parser: the format is right, and the numbers that the
-    supervisor keeps (states, checks, restarts) are there."""
+    """Parsed by prometheus-client's own parser: the format is right, and the numbers are the
+    ones the relay and the supervisor counted."""
     from prometheus_client.parser import text_string_to_metric_families
 
     cluster = admin_cluster()
@@ -266,7 +266,36 @@ def test_metrics_are_prometheus_text_with_the_cluster_s_numbers(admin_cluster, c
     for name in names:
         assert samples[("nmc_health_checks_total", (("replica", name), ("result", "pass")))] >= 2
         assert samples[("nmc_replica_restarts_total", (("replica", name),))] == 0
-    for name in names:  # the families are there for every replica (the relay's counts: #7)
-        assert ("nmc_requests_total", (("code", "2xx"), ("replica", name))) in samples
-        assert ("nmc_request_duration_seconds_count", (("replica", name),)) in samples
-        assert ("nmc_requests_in_flight", (("replica", name),)) in samples
+    served = sum(samples[("nmc_requests_total", (("code", "2xx"), ("replica", name)))]
+                 for name in names)
+    assert served == 10
+    assert sum(samples[("nmc_request_duration_seconds_count", (("replica", name),))]
+               for name in names) == 10
+    assert sum(samples[("nmc_response_body_bytes_total", (("replica", name),))]
+               for name in names) > 0
+    assert all(samples[("nmc_requests_in_flight", (("replica", name),))] == 0 for name in names)
+    status = cluster.status()
+    assert status["totals"]["requests"] == 10 and status["totals"]["errors"] == 0
+
+
+def test_scaling_down_lets_the_leaving_replica_finish_its_requests(admin_cluster):
+    """A POST in flight on a replica that a scale-down removes still gets its whole answer:
+    the replica leaves the rotation, and its container is stopped only once it is done."""
+    cluster = admin_cluster()
+    answers: list = []
+
+    def slow_post():
+        answer = requests.post(cluster.url + "/slow?ms=2500", data=b"x" * 100, timeout=20)
+        answers.append((answer.status_code, answer.headers.get("X-Served-By")))
+
+    posts = [threading.Thread(target=slow_post) for _ in range(2)]  # one on each replica
+    for post in posts:
+        post.start()
+    time.sleep(0.5)
+    assert sum(r["in_flight"] for r in cluster.status()["replicas"]) == 2
+    result = cluster.command("scale", "1")
+    assert result.returncode == 0, result.stderr
+    for post in posts:
+        post.join(30)
+    assert [status for status, _ in answers] == [200, 200], answers
+    assert len({replica for _, replica in answers}) == 2  # one of them was removed meanwhile

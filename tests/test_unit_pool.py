@@ -57,3 +57,30 @@ def test_change_state_logs_each_transition_once(caplog):
     ]
     assert caplog.records[1].levelno == logging.WARNING
     assert replica.url == "http://127.0.0.1:3001"
+
+
+def test_least_conn_picks_the_replica_with_fewest_requests_in_flight():
+    pool = make_pool(State.READY, State.READY, State.READY)
+    a, b, c = pool.replicas
+    a.in_flight, b.in_flight, c.in_flight = 3, 1, 2
+    assert pool.choose(balance="least-conn") is b
+    b.in_flight = 5
+    assert pool.choose(balance="least-conn") is c
+    a.in_flight = b.in_flight = c.in_flight = 0  # equal: in turn
+    assert [pool.choose(balance="least-conn").port for _ in range(4)] == [3001, 3002, 3003, 3001]
+
+
+def test_least_conn_skips_replicas_out_of_the_rotation():
+    pool = make_pool(State.DOWN, State.READY, State.DRAINING)
+    pool.replicas[1].in_flight = 10
+    assert pool.choose(balance="least-conn") is pool.replicas[1]
+    assert pool.choose(balance="least-conn", skip=(pool.replicas[1],)) is None
+
+
+def test_a_sticky_client_keeps_its_replica_while_it_is_ready():
+    pool = make_pool(State.READY, State.READY)
+    assert [pool.choose(preferred="nmc-3002").port for _ in range(3)] == [3002, 3002, 3002]
+    pool.replicas[1].state = State.DOWN  # it leaves the rotation: the client moves
+    assert pool.choose(preferred="nmc-3002").port == 3001
+    assert pool.choose(preferred="nmc-9999").port in (3001, 3002)  # an unknown name: as usual
+    assert pool.choose(preferred="nmc-3001", skip=(pool.replicas[0],)) is None
