@@ -14,6 +14,7 @@ cross-site fetch that sets it needs a CORS preflight, which this listener never 
 from __future__ import annotations
 
 import importlib.resources
+import ipaddress
 import json
 import time
 
@@ -57,6 +58,11 @@ class AdminApp:
 
     def __call__(self, environ, start_response):
         method, path = environ["REQUEST_METHOD"], environ.get("PATH_INFO", "/")
+        if not _host_allowed(environ.get("HTTP_HOST", "")):
+            # DNS rebinding: a web page whose own name now points at 127.0.0.1 reaches this
+            # port with its name in Host; nmc is only ever addressed by an IP or "localhost"
+            return _json(start_response, 403, {"error": "the admin interface answers only to an "
+                                               "IP address or localhost in Host"})
         routes = {
             ("GET", "/status"): self.status,
             ("POST", "/scale"): self.scale,
@@ -166,6 +172,18 @@ def latency_buckets(counts: list[int]) -> list[list]:
     return buckets
 
 
+def _host_allowed(host: str) -> bool:
+    """Host is an IP address (v4, or v6 in brackets) or localhost, with or without a port."""
+    name = host.rsplit("]", 1)[0].lstrip("[") if host.startswith("[") else host.rsplit(":", 1)[0]
+    if name.lower() in ("localhost", ""):
+        return True
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
 def _read_json(environ) -> dict:
     media_type = environ.get("CONTENT_TYPE", "").split(";", 1)[0].strip().lower()
     if media_type != "application/json":
@@ -190,8 +208,8 @@ def _read_json(environ) -> dict:
 
 def _json(start_response, status: int, data: dict, headers=()) -> list[bytes]:
     body = json.dumps(data, indent=1).encode() + b"\n"
-    reason = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
-              409: "Conflict", 415: "Unsupported Media Type"}[status]
+    reason = {200: "OK", 400: "Bad Request", 403: "Forbidden", 404: "Not Found",
+              405: "Method Not Allowed", 409: "Conflict", 415: "Unsupported Media Type"}[status]
     start_response(f"{status} {reason}", [("Content-Type", "application/json"),
                                           ("Content-Length", str(len(body))),
                                           ("Cache-Control", "no-store"), *headers])

@@ -131,6 +131,22 @@ def test_the_admin_interface_is_not_on_the_public_port(admin_cluster):
     assert answer.status_code == 404
 
 
+def test_the_admin_interface_answers_only_to_an_ip_or_localhost(admin_cluster):
+    """A page on another site whose name is made to resolve to 127.0.0.1 (DNS rebinding)
+    reaches the port with its own name in Host: refused, GETs and POSTs alike."""
+    cluster = admin_cluster()
+    for host in ("evil.example", f"evil.example:{cluster.admin_port}", "127.0.0.1.nip.io"):
+        assert requests.get(cluster.admin + "/status", headers={"Host": host},
+                            timeout=5).status_code == 403
+        refused = requests.post(cluster.admin + "/scale", json={"replicas": 3},
+                                headers={"Host": host}, timeout=5)
+        assert refused.status_code == 403 and "Host" in refused.json()["error"]
+    for host in (f"localhost:{cluster.admin_port}", f"127.0.0.1:{cluster.admin_port}"):
+        assert requests.get(cluster.admin + "/status", headers={"Host": host},
+                            timeout=5).status_code == 200
+    assert len(cluster.status()["replicas"]) == 2  # nothing was scaled
+
+
 def test_subcommands_without_a_cluster_say_so_in_one_line():
     port = free_port_block(1)
     for args in (["status"], ["scale", "3"], ["rollout"]):
