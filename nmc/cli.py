@@ -250,6 +250,11 @@ def setup_logging(quiet: bool, spinner: "Spinner") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.INFO)
+    set_log_levels(quiet)
+
+
+def set_log_levels(quiet: bool) -> None:
+    """Libraries say only warnings; -q silences the per-request line (nmc.proxy's INFO)."""
     for noisy in ("urllib3", "docker"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     if quiet:

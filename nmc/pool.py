@@ -45,7 +45,8 @@ class ReplicaStats:
 
     def record(self, status: int, seconds: float) -> None:
         """One answer relayed: its status class and its time to the last byte."""
-        self.by_class[f"{status // 100}xx"] = self.by_class.get(f"{status // 100}xx", 0) + 1
+        code = f"{status // 100}xx"
+        self.by_class[code] = self.by_class.get(code, 0) + 1
         self.latency_counts[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
         self.latency_sum += seconds
 
@@ -100,7 +101,6 @@ class Replica:
                 self.short_id, old.value, new.value, f" ({reason})" if reason else "")
         return True
 
-
     def mirror(self, state: State, container_id: str | None) -> None:
         """Take a state that another process decided and logged (see nmc.workers): no log."""
         if state is not self.state:
@@ -146,9 +146,6 @@ class Pool:
 
     def __len__(self) -> int:
         return len(self.replicas)
-
-    def ready(self) -> list[Replica]:
-        return [r for r in self.replicas if r.state is State.READY]
 
     def choose(self, skip=(), balance: str = "roundrobin", preferred: str | None = None
                ) -> Replica | None:

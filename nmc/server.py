@@ -24,11 +24,11 @@ from gevent.pywsgi import WSGIHandler, WSGIServer
 from nmc import request_head
 from nmc.admin import AdminApp
 from nmc.build import build_app
-from nmc.logs import follow_live
 from nmc.config import Config
 from nmc.containers import Engine
 from nmc.errors import NmcError, UsageError, capture
 from nmc.http_rules import error_answer
+from nmc.logs import follow_live
 from nmc.proxy import Proxy
 from nmc.supervisor import Supervisor
 

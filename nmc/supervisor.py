@@ -34,8 +34,6 @@ STOPPING_SIGNALS = frozenset(("2", "3", "9", "15", "SIGINT", "SIGQUIT", "SIGKILL
                               "INT", "QUIT", "KILL", "TERM"))
 LOG_LINES = 5           # container log lines quoted when a replica fails to start
 TASKS_STOP_WAIT = 40.0  # seconds stop() waits for tasks to notice it (an engine call takes <= 30)
-
-
 DRAIN_POLL = 0.05       # seconds between looks at a draining replica's requests in flight
 
 

@@ -5,7 +5,7 @@ Every worker relays requests over its own copy of the replica pool; exactly one 
 
 - Leadership is a lease: an exclusive `flock` on `<run dir>/<cluster name>.lock`. Whoever holds
   it leads; the kernel releases it when the leader's process ends, however it ends (`kill -9`
-  too), and a follower, trying every LEASE_RETRY seconds, takes over and adopts the running
+  too), and a follower, trying every STATE_POLL seconds, takes over and adopts the running
   replicas (the Supervisor's start: zero container restarts).
 - The leader publishes the replicas' states to `<run dir>/<cluster name>.json` (written whole,
   then renamed into place) whenever they change; followers read it when its mtime changes, so
@@ -44,8 +44,8 @@ from nmc.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
 
-LEASE_RETRY = 0.5    # seconds between a follower's tries to take the lease
-STATE_POLL = 0.2     # seconds between a follower's looks at the state file / the leader's publishes
+STATE_POLL = 0.2     # seconds between a follower's tries at the lease and looks at the state
+                     # file, and between the leader's looks for changes to publish
 PROBE_INTERVAL = 0.5  # seconds between a follower's own probes of a replica it saw fail
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
 SIBLINGS_WAIT_POLL = 0.1
@@ -106,28 +106,24 @@ class Lease:
 
     def __init__(self, path: Path):
         self.path = path
-        self._fd: int | None = None
-
-    @property
-    def held(self) -> bool:
-        return self._fd is not None
+        self.held = False
+        self._fd: int | None = None  # opened once, tried again and again
 
     def try_acquire(self) -> bool:
-        if self._fd is not None:
-            return True
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            return False
-        self._fd = fd
+        if not self.held:
+            if self._fd is None:
+                self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False
+            self.held = True
         return True
 
     def release(self) -> None:
         if self._fd is not None:
             os.close(self._fd)  # closing the only descriptor drops the lock
-            self._fd = None
+            self._fd, self.held = None, False
 
 
 class StateFile:

@@ -18,7 +18,7 @@ import sys
 
 from gevent import monkey
 
-from nmc.cli import LOG_DATE_FORMAT, LOG_FORMAT
+from nmc.cli import LOG_DATE_FORMAT, LOG_FORMAT, set_log_levels
 from nmc.config import Config
 from nmc.errors import NmcError
 from nmc.pool import Pool
@@ -65,10 +65,7 @@ def _setup_logging(quiet: bool) -> None:
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
         logger.propagate = False
-    for noisy in ("urllib3", "docker"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    if quiet:
-        logging.getLogger("nmc.proxy").setLevel(logging.WARNING)
+    set_log_levels(quiet)
 
 
 _app: Proxy | None = None

@@ -3,6 +3,7 @@ removed at the end, pass or fail), free ports, and nmc-server running as its own
 
 from __future__ import annotations
 
+import io
 import os
 import random
 import re
@@ -221,3 +222,63 @@ def wait_until(condition, timeout: float = 20, interval: float = 0.1, what: str 
 def get(url: str, **kwargs) -> requests.Response:
     kwargs.setdefault("timeout", 10)
     return requests.get(url, **kwargs)
+
+
+class Load:
+    """`clients` threads sending GET /whoami until stopped (at most `limit` seconds), each with a
+    keep-alive session, or with a fresh connection per request (`fresh_connections`: under
+    gunicorn, every worker then gets some). The statuses, or exception names, in order, and
+    when each failed request was sent."""
+
+    def __init__(self, url: str, clients: int = 4, limit: float = 120,
+                 fresh_connections: bool = False):
+        self.url, self.clients = url, clients
+        self.statuses: list = []
+        self.failed_at: list[float] = []  # when each failed request was sent (monotonic)
+        self._headers = {"Connection": "close"} if fresh_connections else {}
+        self._done = threading.Event()
+        self._deadline = time.monotonic() + limit
+        self._threads = [threading.Thread(target=self._client) for _ in range(clients)]
+        for thread in self._threads:
+            thread.start()
+
+    def _client(self) -> None:
+        with requests.Session() as session:
+            while not self._done.is_set() and time.monotonic() < self._deadline:
+                sent = time.monotonic()
+                try:
+                    status = session.get(self.url + "/whoami", headers=self._headers,
+                                         timeout=10).status_code
+                except requests.RequestException as e:
+                    status = type(e).__name__
+                self.statuses.append(status)
+                if status != 200:
+                    self.failed_at.append(sent)
+
+    def stop(self) -> None:
+        self._done.set()
+        for thread in self._threads:
+            thread.join(30)
+
+    def failures(self) -> list:
+        return [s for s in self.statuses if s != 200]
+
+
+@pytest.fixture
+def scratch_images(docker_client):
+    """Tags of the images a test builds: removed at the end, pass or fail."""
+    tags: list[str] = []
+    yield tags
+    for tag in tags:
+        try:
+            docker_client.images.remove(tag, force=True)
+        except Exception:
+            pass
+
+
+def build_on_site_image(client, tag: str, *lines: str, **build_args) -> str:
+    """Build an image FROM the site's with a few more Dockerfile lines (no registry needed)."""
+    dockerfile = "\n".join([f"FROM {IMAGE}", *lines]).encode()
+    image, _ = client.images.build(fileobj=io.BytesIO(dockerfile), tag=tag, rm=True, forcerm=True,
+                                   **build_args)
+    return image.id

@@ -3,7 +3,6 @@ the zero-downtime changes themselves, under load, against real containers."""
 
 from __future__ import annotations
 
-import io
 import signal
 import subprocess
 import sys
@@ -13,7 +12,7 @@ import time
 import pytest
 import requests
 
-from conftest import IMAGE, ROOT, free_port_block
+from conftest import IMAGE, ROOT, Load, build_on_site_image, free_port_block
 
 
 def nmc_command(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -47,33 +46,6 @@ def admin_cluster(run_nmc, cluster_name):
     return start
 
 
-class Load:
-    """`clients` keep-alive clients sending GETs until stopped (at most `limit` seconds)."""
-
-    def __init__(self, url: str, clients: int = 8, limit: float = 120):
-        self.statuses: list = []
-        self._done = threading.Event()
-        deadline = time.monotonic() + limit
-
-        def client():
-            with requests.Session() as session:
-                while not self._done.is_set() and time.monotonic() < deadline:
-                    try:
-                        self.statuses.append(session.get(url + "/whoami", timeout=10).status_code)
-                    except requests.RequestException as e:
-                        self.statuses.append(type(e).__name__)
-
-        self._threads = [threading.Thread(target=client) for _ in range(clients)]
-        for thread in self._threads:
-            thread.start()
-
-    def stop(self) -> list:
-        self._done.set()
-        for thread in self._threads:
-            thread.join(30)
-        return [s for s in self.statuses if s != 200]
-
-
 def running(docker_client, cluster_name: str) -> dict[str, str]:
     """name -> image id of the cluster's running containers."""
     return {c.name: c.attrs["Image"] for c in docker_client.containers.list(ignore_removed=True,
@@ -81,24 +53,13 @@ def running(docker_client, cluster_name: str) -> dict[str, str]:
 
 
 @pytest.fixture
-def derived_image(docker_client, cluster_name):
-    """Build images FROM the site's image (no registry needed); removed at the end."""
-    tags: list[str] = []
-
+def derived_image(docker_client, cluster_name, scratch_images):
+    """Build images FROM the site's image; removed at the end."""
     def build(tag_suffix: str, *lines: str) -> str:
         tag = f"{cluster_name}:{tag_suffix}"
-        dockerfile = "\n".join([f"FROM {IMAGE}", *lines]).encode()
-        image, _ = docker_client.images.build(fileobj=io.BytesIO(dockerfile), tag=tag, rm=True,
-                                              forcerm=True)
-        tags.append(tag)
-        return image.id
-
-    yield build
-    for tag in tags:
-        try:
-            docker_client.images.remove(tag, force=True)
-        except Exception:
-            pass
+        scratch_images.append(tag)
+        return build_on_site_image(docker_client, tag, *lines)
+    return build
 
 
 # ------------------------------------------------------------------------------------------------
@@ -189,7 +150,8 @@ def test_scale_2_to_6_to_1_under_load_fails_no_request(admin_cluster, docker_cli
         assert len(running(docker_client, cluster_name)) == 1
         time.sleep(1)
     finally:
-        failures = load.stop()
+        load.stop()
+        failures = load.failures()
     assert len(load.statuses) > 100
     assert failures == [], failures[:5]
     assert [r["state"] for r in cluster.status()["replicas"]] == ["ready"]
@@ -203,7 +165,6 @@ def test_rollout_under_32_clients_fails_no_request(admin_cluster, docker_client,
                                                    derived_image):
     cluster = admin_cluster()
     new_id = derived_image("v2", "LABEL nmct.version=2")
-    before = running(docker_client, cluster_name)
     load = Load(cluster.url, clients=32)
     try:
         time.sleep(1)
@@ -217,7 +178,8 @@ def test_rollout_under_32_clients_fails_no_request(admin_cluster, docker_client,
         assert "2 at a time" in cluster.process.log
         time.sleep(1)
     finally:
-        failures = load.stop()
+        load.stop()
+        failures = load.failures()
     assert set(running(docker_client, cluster_name).values()) == {docker_client.images.get(IMAGE).id}
     assert len(load.statuses) > 100
     assert failures == [], failures[:5]
@@ -234,7 +196,8 @@ def test_a_rollout_whose_replicas_never_get_ready_rolls_back(admin_cluster, dock
     try:
         result = cluster.command("rollout", "--image", f"{cluster_name}:broken")
     finally:
-        failures = load.stop()
+        load.stop()
+        failures = load.failures()
     assert result.returncode == 1
     assert "rollout of" in result.stderr and "keep serving" in result.stderr, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1

@@ -22,18 +22,6 @@ process.on('SIGTERM', () => process.exit(0));
 """
 
 
-@pytest.fixture
-def built_images(docker_client, cluster_name):
-    """The images a test's --build makes are removed at the end."""
-    tags: list[str] = []
-    yield tags
-    for tag in tags:
-        try:
-            docker_client.images.remove(tag, force=True)
-        except Exception:
-            pass
-
-
 def start_built(run_nmc, cluster_name: str, folder, *extra: str):
     base = free_port_block(3)
     process = run_nmc("--name", cluster_name, "--bind", "127.0.0.1", "--port", str(base + 2),
@@ -42,8 +30,8 @@ def start_built(run_nmc, cluster_name: str, folder, *extra: str):
 
 
 def test_a_node_app_without_a_dockerfile_runs_with_npm_start(run_nmc, cluster_name, tmp_path,
-                                                             built_images, docker_client):
-    built_images.append(f"{cluster_name}-app")
+                                                             scratch_images, docker_client):
+    scratch_images.append(f"{cluster_name}-app")
     (tmp_path / "package.json").write_text(json.dumps(
         {"name": "own", "version": "1.0.0", "scripts": {"start": "node app.js"}}))
     (tmp_path / "app.js").write_text(APP_JS)
@@ -65,8 +53,8 @@ def test_a_node_app_without_a_dockerfile_runs_with_npm_start(run_nmc, cluster_na
 
 
 def test_a_folder_with_a_dockerfile_is_built_as_it_is(run_nmc, cluster_name, tmp_path,
-                                                      built_images):
-    built_images.append(f"{cluster_name}:own")
+                                                      scratch_images):
+    scratch_images.append(f"{cluster_name}:own")
     (tmp_path / "Dockerfile").write_text(f"FROM {IMAGE}\nLABEL nmct.built=yes\n")
     process, url = start_built(run_nmc, cluster_name, tmp_path, "--image", f"{cluster_name}:own")
     process.wait_serving(timeout=120)
@@ -80,8 +68,8 @@ def test_a_folder_with_a_dockerfile_is_built_as_it_is(run_nmc, cluster_name, tmp
     ({"Dockerfile": "FROM nmc-no-such-base-image:1\n"}, "failed"),
 ])
 def test_a_folder_that_cannot_be_built_gives_one_line(run_nmc, cluster_name, tmp_path,
-                                                      built_images, docker_client, files, message):
-    built_images.append(f"{cluster_name}-app")
+                                                      scratch_images, docker_client, files, message):
+    scratch_images.append(f"{cluster_name}-app")
     for name, text in files.items():
         (tmp_path / name).write_text(text)
     process, url = start_built(run_nmc, cluster_name, tmp_path)

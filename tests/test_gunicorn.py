@@ -20,7 +20,7 @@ import time
 import pytest
 import requests
 
-from conftest import IMAGE, NmcProcess, free_port_block, wait_until
+from conftest import IMAGE, Load, NmcProcess, free_port_block, wait_until
 from test_websocket import TEXT, WsClient
 
 SUPERVISES = re.compile(r"worker (\d+) supervises cluster")
@@ -75,43 +75,6 @@ def container_ids(docker_client, cluster_name: str) -> dict[str, str]:
         all=True, filters={"label": f"nmc.cluster={cluster_name}"}, ignore_removed=True)}
 
 
-class SteadyLoad:
-    """Clients sending GETs on fresh connections (so that every worker gets some) until stopped,
-    at most `limit` seconds; the statuses, or exception names, in order."""
-
-    def __init__(self, url: str, clients: int = 4, limit: float = 60):
-        self.url = url
-        self.clients = clients
-        self.statuses: list = []
-        self.failed_at: list[float] = []  # when each failed request was sent (monotonic)
-        self._done = threading.Event()
-        self._deadline = time.monotonic() + limit
-        self._threads = [threading.Thread(target=self._run) for _ in range(clients)]
-        for thread in self._threads:
-            thread.start()
-
-    def _run(self) -> None:
-        while not self._done.is_set() and time.monotonic() < self._deadline:
-            sent = time.monotonic()
-            try:
-                answer = requests.get(self.url + "/whoami", headers={"Connection": "close"},
-                                      timeout=10)
-                self.statuses.append(answer.status_code)
-            except requests.RequestException as e:
-                self.statuses.append(type(e).__name__)
-            if self.statuses[-1] != 200:
-                self.failed_at.append(sent)
-
-    def stop(self) -> list:
-        self._done.set()
-        for thread in self._threads:
-            thread.join(30)
-        return self.statuses
-
-    def failures(self) -> list:
-        return [s for s in self.statuses if s != 200]
-
-
 @pytest.fixture
 def gunicorn(cluster_name, tmp_path):
     """Start gunicorn for this test's cluster; stopped (TERM, then KILL) at the end."""
@@ -156,7 +119,7 @@ def test_every_worker_learns_of_a_replacement_and_no_request_fails(gunicorn, doc
     victim = f"{cluster_name}-{server.replica_ports[0]}"
     old_id = container_ids(docker_client, cluster_name)[victim]
     start = len(server.process.lines)
-    load = SteadyLoad(server.url)
+    load = Load(server.url, fresh_connections=True)
     try:
         time.sleep(0.5)
         docker_client.containers.get(victim).kill()
@@ -182,7 +145,7 @@ def test_kill_9_of_the_supervising_worker_hands_supervision_over_without_a_gap(
     server = gunicorn(workers=3)
     leader = server.wait_ready()
     before = container_ids(docker_client, cluster_name)
-    load = SteadyLoad(server.url)
+    load = Load(server.url, fresh_connections=True)
     try:
         time.sleep(0.5)
         killed_at = time.monotonic()
@@ -218,7 +181,7 @@ def test_hup_reload_under_load_keeps_the_replicas_and_fails_no_request(gunicorn,
     leader = server.wait_ready()
     before = {c.name: (c.id, c.attrs["State"]["StartedAt"]) for c in docker_client.containers.list(ignore_removed=True,
         filters={"label": f"nmc.cluster={cluster_name}"})}
-    load = SteadyLoad(server.url)
+    load = Load(server.url, fresh_connections=True)
     try:
         time.sleep(1)
         os.kill(server.master, signal.SIGHUP)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import os
 import signal
 import subprocess
@@ -12,11 +11,11 @@ import uuid
 import pytest
 import requests
 
-from conftest import IMAGE, free_port_block, wait_until
+from conftest import build_on_site_image, free_port_block, wait_until
 
 
 @pytest.fixture
-def crashing_image(docker_client, cluster_name):
+def crashing_image(docker_client, cluster_name, scratch_images):
     """An image whose replica named CRASHING serves for 0.7 s, then exits 3 (after a last word);
     every other replica is the plain site."""
     tag = f"nmct-crashloop-{uuid.uuid4().hex[:8]}"
@@ -27,17 +26,12 @@ def crashing_image(docker_client, cluster_name):
             " require('http').createServer((q, s) => s.end('ok')).listen(8080);"
             " setTimeout(() => { console.log('giving up, as told'); process.exit(3); }, 700);"
             "} else { require('/app/server.js'); }")
-        dockerfile = (f'FROM {IMAGE}\nENV CRASHING={crashing_replica}\n'
-                      f'CMD ["node", "-e", "{script}"]\n')
-        docker_client.images.build(fileobj=io.BytesIO(dockerfile.encode()), tag=tag, rm=True,
-                                   labels={"nmct.owner": cluster_name})
+        scratch_images.append(tag)
+        build_on_site_image(docker_client, tag, f"ENV CRASHING={crashing_replica}",
+                            f'CMD ["node", "-e", "{script}"]', labels={"nmct.owner": cluster_name})
         return tag
 
-    yield build
-    try:
-        docker_client.images.remove(tag, force=True)
-    except Exception:
-        pass
+    return build
 
 
 def test_a_crash_loop_backs_off_is_explained_and_the_others_keep_serving(cluster_name, run_nmc,
