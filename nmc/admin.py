@@ -17,14 +17,15 @@ import importlib.resources
 import ipaddress
 import json
 import time
+from typing import Protocol
 
 import requests
 
 from nmc import metrics
 from nmc.config import Config
 from nmc.errors import NmcError, UsageError
-from nmc.pool import LATENCY_BUCKETS, Replica, State
-from nmc.supervisor import Supervisor
+from nmc.pool import Pool
+from nmc.replica import Replica, State
 
 MAX_BODY = 64 * 1024
 CHANGE_TIMEOUT = 3600  # seconds a client waits for a scale or rollout to finish
@@ -47,12 +48,26 @@ class UnsupportedMediaType(UsageError):
     """A POST whose body is not declared as JSON (415)."""
 
 
+class Control(Protocol):
+    """What the admin interface reads of a cluster and asks of it (nmc.supervisor.Supervisor)."""
+
+    pool: Pool
+    image: str
+    image_id: str
+
+    def in_service(self) -> list[Replica]: ...
+
+    def scale(self, count: int) -> str: ...
+
+    def rollout(self, image: str | None = None, max_surge: int | None = None) -> str: ...
+
+
 class AdminApp:
     """WSGI application of the admin listener."""
 
-    def __init__(self, config: Config, supervisor: Supervisor, started: float | None = None):
+    def __init__(self, config: Config, control: Control, started: float | None = None):
         self.config = config
-        self.supervisor = supervisor
+        self.control = control
         self.started = started or time.time()
         self._dashboard: bytes | None = None
 
@@ -69,7 +84,7 @@ class AdminApp:
             ("POST", "/rollout"): self.rollout,
         }
         if (method, path) == ("GET", "/metrics"):
-            body = metrics.exposition(self.supervisor)
+            body = metrics.exposition(self.control.pool)
             start_response("200 OK", [("Content-Type", metrics.CONTENT_TYPE_LATEST),
                                       ("Content-Length", str(len(body)))])
             return [body]
@@ -105,14 +120,14 @@ class AdminApp:
         return self._dashboard
 
     def status(self, environ) -> dict:
-        replicas = [replica_status(r) for r in self.supervisor.pool]
+        replicas = [replica_status(r) for r in self.control.pool]
         return {
             "cluster": self.config.name,
-            "image": self.supervisor.image,
-            "image_id": self.supervisor.image_id,
+            "image": self.control.image,
+            "image_id": self.control.image_id,
             "listening": f"{self.config.bind}:{self.config.port}",
             "uptime_seconds": round(time.time() - self.started, 1),
-            "settings": {"replicas": len(self.supervisor.in_service()),
+            "settings": {"replicas": len(self.control.in_service()),
                          "base_port": self.config.base_port,
                          "container_port": self.config.container_port,
                          "health_path": self.config.health_path,
@@ -132,7 +147,7 @@ class AdminApp:
         count = _read_json(environ).get("replicas")
         if isinstance(count, bool) or not isinstance(count, int):
             raise UsageError('send {"replicas": N} with N a whole number')
-        return {"message": self.supervisor.scale(count)}
+        return {"message": self.control.scale(count)}
 
     def rollout(self, environ) -> dict:
         request = _read_json(environ)
@@ -141,35 +156,25 @@ class AdminApp:
             raise UsageError('"image" must be an image name')
         if surge is not None and (isinstance(surge, bool) or not isinstance(surge, int) or surge < 1):
             raise UsageError('"max_surge" must be a whole number from 1')
-        return {"message": self.supervisor.rollout(image, surge)}
+        return {"message": self.control.rollout(image, surge)}
 
 
 def replica_status(replica: Replica) -> dict:
-    crashed = replica.state is State.DOWN and replica.quick_failures > 0
+    relay = replica.relay
     return {
         "name": replica.name,
         "port": replica.port,
-        "container_id": replica.container_id,
-        "image_id": replica.image_id,
-        "state": "crashed" if crashed else replica.state.value,
+        "container_id": replica.instance_id,
+        "image_id": replica.instance.image_id if replica.instance else None,
+        "state": replica.state.value,
         "since_seconds": round(time.monotonic() - replica.since, 1),
-        "in_flight": replica.in_flight,
-        "requests": replica.requests,
-        "errors": replica.errors,
+        "in_flight": relay.in_flight,
+        "requests": relay.requests,
+        "errors": relay.errors,
         "restarts": replica.restarts,
         "last_exit_code": replica.last_exit_code,
-        "latency_buckets": latency_buckets(replica.stats.latency_counts),
+        "latency_buckets": [list(bucket) for bucket in relay.cumulative_latency()],
     }
-
-
-def latency_buckets(counts: list[int]) -> list[list]:
-    """The relay's latency counts as a cumulative histogram, Prometheus-style:
-    [[upper bound in seconds, requests that took at most that], ..., ["+Inf", all requests]]."""
-    cumulative, buckets = 0, []
-    for bound, count in zip((*LATENCY_BUCKETS, "+Inf"), list(counts)):
-        cumulative += count
-        buckets.append([bound, cumulative])
-    return buckets
 
 
 def _host_allowed(host: str) -> bool:

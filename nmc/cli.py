@@ -245,16 +245,20 @@ def _fail(error: NmcError) -> int:
 
 
 def setup_logging(quiet: bool, spinner: "Spinner") -> None:
-    handler = _SpinnerAwareHandler(sys.stderr, spinner)
+    """./nmc_server.py: every log line on stderr, wiping the spinner's line first."""
+    install_log_handler(logging.getLogger(), _SpinnerAwareHandler(sys.stderr, spinner), quiet)
+
+
+def install_log_handler(logger: logging.Logger, handler: logging.Handler, quiet: bool) -> None:
+    """`logger`'s lines through `handler` in the original's format (the one set-up of both
+    hosts); libraries say only warnings; -q silences the per-request line (nmc.proxy's INFO)."""
     handler.setFormatter(logging.Formatter(LOG_FORMAT, LOG_DATE_FORMAT))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(logging.INFO)
+    logger.handlers[:] = [handler]
+    logger.setLevel(logging.INFO)
     set_log_levels(quiet)
 
 
 def set_log_levels(quiet: bool) -> None:
-    """Libraries say only warnings; -q silences the per-request line (nmc.proxy's INFO)."""
     for noisy in ("urllib3", "docker"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     if quiet:

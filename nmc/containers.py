@@ -1,7 +1,9 @@
-"""The Docker engine, as nmc needs it: the only module that imports `docker`.
+"""Replicas as plain containers on one Docker engine: the only module that imports `docker`.
 
-Thin wrappers over the Docker SDK: run a replica, find a cluster's containers by label, inspect,
-remove, read logs. Every engine failure becomes an NmcError with a one-line message.
+`Engine` is a thin wrapper over the Docker SDK: run a replica, find a cluster's containers by
+label, inspect, remove, read logs and events. Every engine failure becomes an NmcError with a
+one-line message. `ContainerBackend` is nmc's `Backend` on top of it: it alone knows Docker's
+labels, statuses and signal names, and tells the supervisor what happened in nmc's own words.
 """
 
 from __future__ import annotations
@@ -11,12 +13,24 @@ import hashlib
 import json
 import logging
 import os
+import socket
 from dataclasses import dataclass, field
 
 import docker
 import docker.errors
 import requests.exceptions
 
+from nmc.backend import (
+    Address,
+    EngineError,
+    EngineUnreachable,
+    Event,
+    Happening,
+    ImageMissing,
+    Instance,
+    PortBusy,
+)
+from nmc.config import REPLICA_HOST, Config
 from nmc.errors import NmcError
 
 log = logging.getLogger(__name__)
@@ -32,22 +46,6 @@ API_TIMEOUT = 30  # seconds for one call to the engine
 
 class BuildFailed(NmcError):
     """`--build`: the image could not be built; the message has the build's own error."""
-
-
-class EngineError(NmcError):
-    """The Docker engine refused or failed a call."""
-
-
-class EngineUnreachable(EngineError):
-    exit_code = 3
-
-
-class ImageMissing(EngineError):
-    pass
-
-
-class PortBusy(EngineError):
-    pass
 
 
 class NameTaken(EngineError):
@@ -373,3 +371,137 @@ class EventStream:
             self._stream.close()
         except Exception:  # closing a stream whose connection is already gone
             pass
+
+
+# Signals that stop a container (docker stop sends TERM, then KILL); others (HUP, USR1) do not.
+STOPPING_SIGNALS = frozenset(("2", "3", "9", "15", "SIGINT", "SIGQUIT", "SIGKILL", "SIGTERM",
+                              "INT", "QUIT", "KILL", "TERM"))
+
+
+class ContainerBackend:
+    """nmc's Backend on one Docker engine: a replica is a container named <cluster>-<host port>,
+    publishing its port on 127.0.0.1; its slot is that host port."""
+
+    noun = "container"
+    engine_name = "Docker engine"
+
+    def __init__(self, engine: Engine, config: Config):
+        self.engine = engine
+        self.config = config
+        self.first_slot = config.base_port
+        # containers the engine said were being stopped or paused by someone: not crashes
+        self._stopped_from_outside: set[str] = set()
+
+    def slot_name(self, slot: int) -> str:
+        return self.config.replica_name(slot)
+
+    def _spec(self, slot: int, image_id: str) -> ReplicaSpec:
+        return ReplicaSpec(cluster=self.config.name, name=self.slot_name(slot), image=image_id,
+                           host_port=slot, container_port=self.config.container_port,
+                           host_ip=REPLICA_HOST, env=self.config.replica_env)
+
+    def image_id(self, image: str) -> str:
+        return self.engine.image_id(image)
+
+    def check_startable(self, slots: list[int]) -> None:
+        for port in slots:
+            _check_port_free(port)
+
+    def list_instances(self, image_id: str) -> list[Instance]:
+        instances = []
+        for info in self.engine.list_cluster(self.config.name):
+            port = info.port
+            adoptable = (port is not None and info.running and info.name == self.slot_name(port)
+                         and info.labels.get(LABEL_SETTINGS) == self._spec(port, image_id).settings_hash(image_id))
+            instances.append(self._instance(info, adoptable))
+        return instances
+
+    def start(self, slot: int, image_id: str) -> Instance:
+        return self._instance(self.engine.run(self._spec(slot, image_id), image_id))
+
+    def inspect(self, instance_id: str) -> Instance | None:
+        info = self.engine.inspect(instance_id)
+        return self._instance(info) if info is not None else None
+
+    def remove(self, instance_id: str, grace: float) -> None:
+        self.engine.remove(instance_id, stop_timeout=grace)
+        self._stopped_from_outside.discard(instance_id)
+
+    def events(self) -> "ContainerEvents":
+        return ContainerEvents(self.engine.events(self.config.name), self._stopped_from_outside)
+
+    def tail_logs(self, instance_id: str, lines: int) -> list[str]:
+        return self.engine.tail_logs(instance_id, lines)
+
+    def follow_logs(self, instance_id: str, since: float | None = None):
+        return self.engine.follow_logs(instance_id, since)
+
+    def close(self) -> None:
+        self.engine.close()
+
+    def _instance(self, info: ContainerInfo, adoptable: bool = False) -> Instance:
+        if info.status == "exited":
+            problem = f"container exited with code {info.exit_code}"
+        elif not info.running:
+            problem = f"container is {info.status}"
+        else:
+            problem = None
+        return Instance(id=info.id, name=info.name, image_id=info.image_id,
+                        address=Address(REPLICA_HOST, info.port) if info.port else None,
+                        problem=problem, exit_code=info.exit_code if info.status in ("exited", "dead") else None,
+                        adoptable=adoptable,
+                        stopped_from_outside=(info.status == "paused"
+                                              or info.id in self._stopped_from_outside))
+
+
+class ContainerEvents:
+    """The engine's container events as nmc's Events (the others are skipped); it remembers the
+    containers someone is stopping, so that their exit is not taken for a crash."""
+
+    def __init__(self, stream: "EventStream", stopped_from_outside: set[str]):
+        self._stream = stream
+        self._stopped_from_outside = stopped_from_outside
+
+    def __iter__(self):
+        for event in self._stream:
+            translated = self._translate(event)
+            if translated is not None:
+                yield translated
+
+    def _translate(self, event: ContainerEvent) -> Event | None:
+        def said(happening: Happening, reason: str, code: int | None = None) -> Event:
+            return Event(happening, event.container_id, event.name, reason, code)
+
+        if event.action == "kill" and event.signal in STOPPING_SIGNALS:
+            self._stopped_from_outside.add(event.container_id)
+            return said(Happening.BEING_STOPPED, f"container is being stopped (signal {event.signal})")
+        if event.action == "pause":
+            self._stopped_from_outside.add(event.container_id)
+            return said(Happening.PAUSED, "container was paused")
+        if event.action == "die":
+            return said(Happening.EXITED, f"container exited with code {event.exit_code}",
+                        event.exit_code)
+        if event.action == "oom":
+            return said(Happening.OUT_OF_MEMORY, "container ran out of memory")
+        if event.action == "destroy":
+            self._stopped_from_outside.discard(event.container_id)
+            return said(Happening.GONE, "container was removed")
+        if event.action == "start":
+            return said(Happening.STARTED, "container started")
+        return None
+
+    def close(self) -> None:
+        self._stream.close()
+
+
+def _check_port_free(port: int) -> None:
+    """Fail before touching Docker when a replica's host port is taken (Docker's own error is cryptic)."""
+    probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind((REPLICA_HOST, port))
+    except OSError:
+        raise PortBusy(f"host port {port} is already in use: stop what holds it or choose "
+                       "another --base-port") from None
+    finally:
+        probe.close()

@@ -3,8 +3,9 @@ thresholds that turn a run of results into a decision (as Caddy's health checks 
 
 from __future__ import annotations
 
+import enum
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import requests
 
@@ -20,20 +21,44 @@ class CheckResult:
         return self.ok
 
 
+class Verdict(enum.StrEnum):
+    """What a run of check results asks for."""
+
+    OUT = "out"          # take it out of the rotation
+    IN = "in"            # bring it back
+    REPLACE = "replace"  # out for too long, still failing: replace it
+
+
+@dataclass(eq=False)
+class CheckCounts:
+    """One replica's check results: the runs that thresholds judge, and totals for /metrics."""
+
+    passes: int = 0  # in a row
+    fails: int = 0   # in a row
+    total: dict = field(default_factory=lambda: {"pass": 0, "fail": 0})
+
+    def add(self, ok: bool) -> None:
+        self.total["pass" if ok else "fail"] += 1
+        if ok:
+            self.passes, self.fails = self.passes + 1, 0
+        else:
+            self.passes, self.fails = 0, self.fails + 1
+
+
 @dataclass(frozen=True)
 class Thresholds:
     unhealthy_after: int = 2     # failed checks in a row take a replica out of the rotation
     healthy_after: int = 1       # passed checks in a row bring it back
     replace_after: float = 15.0  # seconds out of the rotation (still failing) before it is replaced
 
-    def judge(self, in_rotation: bool, fails: int, passes: int, out_for: float) -> str | None:
-        """'out', 'in', 'replace', or None (no change), from the consecutive fails and passes."""
+    def judge(self, in_rotation: bool, fails: int, passes: int, out_for: float) -> Verdict | None:
+        """A Verdict, or None (no change), from the consecutive fails and passes."""
         if in_rotation:
-            return "out" if fails >= self.unhealthy_after else None
+            return Verdict.OUT if fails >= self.unhealthy_after else None
         if passes >= self.healthy_after:
-            return "in"
+            return Verdict.IN
         if fails and out_for >= self.replace_after:
-            return "replace"
+            return Verdict.REPLACE
         return None
 
 

@@ -1,6 +1,6 @@
 """GET /metrics on the admin port: Prometheus' text format, via prometheus-client.
 
-The relay only adds to plain numbers on each replica (pool.ReplicaStats): nothing of
+The relay only adds to plain numbers on each replica (counters.RelayCounters): nothing of
 prometheus-client runs per request. This collector turns those numbers into metric families
 when Prometheus scrapes, so replicas added or removed by a scale appear and disappear with it.
 """
@@ -8,21 +8,25 @@ when Prometheus scrapes, so replicas added or removed by a scale appear and disa
 from __future__ import annotations
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from prometheus_client.core import (CollectorRegistry, CounterMetricFamily, GaugeMetricFamily,
-                                    HistogramMetricFamily)
+from prometheus_client.core import (
+    CollectorRegistry,
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+)
 
-from nmc.pool import LATENCY_BUCKETS, State
-from nmc.supervisor import Supervisor
+from nmc.pool import Pool
+from nmc.replica import State
 
 __all__ = ["CONTENT_TYPE_LATEST", "exposition"]
 
 
 class ClusterCollector:
-    def __init__(self, supervisor: Supervisor):
-        self.supervisor = supervisor
+    def __init__(self, pool: Pool):
+        self.pool = pool
 
     def collect(self):
-        replicas = list(self.supervisor.pool)
+        replicas = list(self.pool)
         requests = CounterMetricFamily("nmc_requests", "Requests relayed, by replica and "
                                        "status class of the answer", labels=["replica", "code"])
         latency = HistogramMetricFamily("nmc_request_duration_seconds", "Time from choosing the "
@@ -41,17 +45,15 @@ class ClusterCollector:
         bytes_out = CounterMetricFamily("nmc_response_body_bytes", "Answer body bytes received "
                                         "from the replica", labels=["replica"])
         for replica in replicas:
-            stats, name = replica.stats, replica.name
+            stats, name = replica.relay, replica.name
             for code, count in stats.by_class.items():
                 requests.add_metric([name, code], count)
-            cumulative, buckets = 0, []
-            for bound, count in zip((*LATENCY_BUCKETS, float("inf")), stats.latency_counts):
-                cumulative += count
-                buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
+            buckets = [(bound if bound == "+Inf" else repr(bound), count)
+                       for bound, count in stats.cumulative_latency()]
             latency.add_metric([name], buckets, stats.latency_sum)
-            in_flight.add_metric([name], replica.in_flight)
+            in_flight.add_metric([name], stats.in_flight)
             restarts.add_metric([name], replica.restarts)
-            for result, count in stats.checks.items():
+            for result, count in replica.health.total.items():
                 checks.add_metric([name, result], count)
             connect_errors.add_metric([name], stats.connect_errors)
             bytes_in.add_metric([name], stats.bytes_in)
@@ -63,7 +65,7 @@ class ClusterCollector:
                     bytes_in, bytes_out)
 
 
-def exposition(supervisor: Supervisor) -> bytes:
+def exposition(pool: Pool) -> bytes:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(ClusterCollector(supervisor))
+    registry.register(ClusterCollector(pool))
     return generate_latest(registry)

@@ -72,8 +72,9 @@ def make_session(pool_size: int = 1024) -> requests.Session:
 class Proxy:
     """WSGI application relaying every request to the pool's replicas (round-robin by default).
 
-    Each replica's numbers (requests, errors, in flight, the latency histogram, bytes) are
-    counted here, per request, as plain additions; /status and /metrics read them."""
+    Each replica's relay counters (nmc.counters: requests, errors, in flight, the latency
+    histogram, bytes) are written here and nowhere else, per request, as plain additions;
+    /status and /metrics read them."""
 
     def __init__(self, pool: Pool, report_failure: FailureReporter | None = None, *,
                  backend_timeout: float = 30.0, queue_timeout: float = 2.0,
@@ -95,88 +96,112 @@ class Proxy:
         self.transport = self.session.get_adapter("http://")
 
     def __call__(self, environ: dict, start_response) -> Iterable[bytes]:
-        arrived = time.monotonic()
-        request_id = _request_id(environ)
-        method = environ["REQUEST_METHOD"]
-        target = _request_target(environ)
-        headers = _request_headers(environ, request_id)
-        upgrade = _upgrade_requested(environ)
+        request = _Request(environ)
         try:
-            body = None if upgrade else _request_body(environ)  # a tunnel relays its own
+            body = None if request.upgrade else _request_body(environ)  # a tunnel relays its own
         except ClientBodyError as e:
-            return _bad_body(environ, start_response, e, request_id)
-        tried: dict[Replica, str | None] = {}  # replica -> the container it had when tried
-        queued_until = None
+            return _bad_body(environ, start_response, e, request.id)
+        tried: dict[Replica, str | None] = {}  # replica -> the instance it had when tried
         preferred = _sticky_replica(environ) if self.sticky else None
         while True:
-            # a replica tried already is skipped while it is the same container, not once replaced
-            skip = tuple(r for r, container in tried.items() if r.container_id == container)
-            replica = self.pool.choose(skip, self.balance, preferred)
+            replica = self._choose(tried, preferred)
             if replica is None:
-                # None ready (all being replaced at once?): wait a little, like HAProxy's
-                # `timeout queue`. Nothing has been sent, so this is safe for any request.
-                now = time.monotonic()
-                queued_until = queued_until or now + self.queue_timeout
-                if now < queued_until:
-                    gevent.sleep(QUEUE_POLL)
-                    continue
                 what = "no replica is ready" if not tried else "no replica could be reached"
-                self._log_access(environ, 503, request_id, None, arrived)
-                return error_answer(start_response, 503, what, request_id,
+                self._log_access(environ, 503, request.id, None, request.arrived)
+                return error_answer(start_response, 503, what, request.id,
                                     [("Retry-After", RETRY_AFTER)])
-            tried[replica] = replica.container_id
+            tried[replica] = replica.instance_id
             if self.log_requests:
                 log.info("Forwarding request to port: %d", replica.port)
-            extra = [("X-Served-By", replica.name)] if self.served_by else []
-            extra.append(("X-Request-ID", request_id))
-            if self.sticky and preferred != replica.name:
-                extra.append(("Set-Cookie", f"{STICKY_COOKIE}={replica.name}; Path=/; HttpOnly; "
-                                            "SameSite=Lax"))
-            replica.requests += 1
-            if upgrade:
-                try:
-                    return tunnel.relay_upgrade(environ, start_response, replica, target, headers,
-                                                CONNECT_TIMEOUT, self.timeout[1], extra)
-                except tunnel.TunnelRefused as e:
-                    self.report_failure(replica, str(e))
-                    continue
-            request = requests.PreparedRequest()
-            request.method = method
-            request.url = replica.url + target
-            request.headers = headers  # a plain dict: the transport only iterates it
-            request.body = body.payload if body is not None else None
-            exchange = _Exchange(self, replica, environ, request_id, body)
-            try:
-                response = self.transport.send(request, stream=True, timeout=self.timeout)
-            except ClientBodyError as e:  # the client's fault, not the replica's
-                exchange.finish(400, failed=False)
-                return _bad_body(environ, start_response, e, request_id)
-            except requests.exceptions.ConnectTimeout:
+            extra = self._answer_headers(replica, request.id, preferred)
+            replica.relay.requests += 1
+            if request.upgrade:
+                result = self._upgrade(request, replica, start_response, extra)
+            else:
+                result = self._forward(request, body, replica, start_response, extra)
+            if result is not _TRY_ANOTHER:
+                return result
+
+    def _choose(self, tried: dict, preferred: str | None) -> Replica | None:
+        """The next replica to try: one tried already is skipped while it is the same instance,
+        not once replaced. None ready (all being replaced at once?): wait a little, like
+        HAProxy's `timeout queue` (nothing has been sent, so this is safe for any request);
+        None when none became ready."""
+        queued_until = None
+        while True:
+            skip = tuple(r for r, instance in tried.items() if r.instance_id == instance)
+            replica = self.pool.choose(skip, self.balance, preferred)
+            if replica is not None:
+                return replica
+            now = time.monotonic()
+            queued_until = queued_until or now + self.queue_timeout
+            if now >= queued_until:
+                return None
+            gevent.sleep(QUEUE_POLL)
+
+    def _answer_headers(self, replica: Replica, request_id: str, preferred: str | None) -> list:
+        """What nmc adds to the replica's answer: who served it, the request id, the sticky cookie."""
+        extra = [("X-Served-By", replica.name)] if self.served_by else []
+        extra.append(("X-Request-ID", request_id))
+        if self.sticky and preferred != replica.name:
+            extra.append(("Set-Cookie", f"{STICKY_COOKIE}={replica.name}; Path=/; HttpOnly; "
+                                        "SameSite=Lax"))
+        return extra
+
+    def _fail(self, replica: Replica, reason: str) -> None:
+        """The replica refused or broke a connection: counted, and reported to whoever heals."""
+        replica.relay.connect_errors += 1
+        self.report_failure(replica, reason)
+
+    def _upgrade(self, request: "_Request", replica: Replica, start_response, extra: list):
+        try:
+            return tunnel.relay_upgrade(request.environ, start_response, replica, request.target,
+                                        request.headers, CONNECT_TIMEOUT, self.timeout[1], extra)
+        except tunnel.TunnelRefused as e:
+            self._fail(replica, str(e))
+            return _TRY_ANOTHER
+
+    def _forward(self, request: "_Request", body, replica: Replica, start_response, extra: list):
+        """Send the request to `replica` and relay its answer; _TRY_ANOTHER when another
+        replica may take it, else the WSGI result (the answer, or nmc's own error answer)."""
+        prepared = requests.PreparedRequest()
+        prepared.method = request.method
+        prepared.url = replica.url + request.target
+        prepared.headers = request.headers  # a plain dict: the transport only iterates it
+        prepared.body = body.payload if body is not None else None
+        exchange = _Exchange(self, replica, request, body)
+        request_id = request.id
+        try:
+            response = self.transport.send(prepared, stream=True, timeout=self.timeout)
+        except ClientBodyError as e:  # the client's fault, not the replica's
+            exchange.finish(400, failed=False)
+            return _bad_body(request.environ, start_response, e, request_id)
+        except requests.exceptions.ConnectTimeout:
+            exchange.abandon()
+            self._fail(replica, "connection timed out")
+            return _TRY_ANOTHER  # nothing was sent: any request may go elsewhere
+        except transport.NotConnected:
+            exchange.abandon()
+            self._fail(replica, "connection refused")
+            return _TRY_ANOTHER
+        except requests.exceptions.ReadTimeout:
+            exchange.finish(504, failed=True)
+            return error_answer(start_response, 504, f"replica {replica.name} did not answer within "
+                                f"{self.timeout[1]:g}s", request_id)
+        except requests.exceptions.ConnectionError:
+            self._fail(replica, "connection broken")
+            if request.method in IDEMPOTENT and (body is None or body.replayable):
                 exchange.abandon()
-                self.report_failure(replica, "connection timed out")
-                continue  # nothing was sent: any request may go elsewhere
-            except transport.NotConnected:
-                exchange.abandon()
-                self.report_failure(replica, "connection refused")
-                continue
-            except requests.exceptions.ReadTimeout:
-                exchange.finish(504, failed=True)
-                return error_answer(start_response, 504, f"replica {replica.name} did not answer within "
-                                    f"{self.timeout[1]:g}s", request_id)
-            except requests.exceptions.ConnectionError:
-                self.report_failure(replica, "connection broken")
-                if method in IDEMPOTENT and (body is None or body.replayable):
-                    exchange.abandon()
-                    continue  # safe to send again: the method says so, and the body is at hand
-                exchange.finish(502, failed=True)
-                return error_answer(start_response, 502, f"replica {replica.name} broke the connection",
-                                    request_id)
-            except requests.exceptions.RequestException as e:
-                exchange.finish(502, failed=True)
-                log.warning("relay to %s failed: %s", replica.name, e)
-                return error_answer(start_response, 502, f"replica {replica.name} sent an invalid answer",
-                                    request_id)
-            return _relay_response(response.raw, exchange, start_response, extra)
+                return _TRY_ANOTHER  # safe to send again: the method says so, and the body is at hand
+            exchange.finish(502, failed=True)
+            return error_answer(start_response, 502, f"replica {replica.name} broke the connection",
+                                request_id)
+        except requests.exceptions.RequestException as e:
+            exchange.finish(502, failed=True)
+            log.warning("relay to %s failed: %s", replica.name, e)
+            return error_answer(start_response, 502, f"replica {replica.name} sent an invalid answer",
+                                request_id)
+        return _relay_response(response.raw, exchange, start_response, extra)
 
     def _log_access(self, environ: dict, status: int, request_id: str, replica: Replica | None,
                     started: float, sent: int = 0) -> None:
@@ -198,33 +223,52 @@ class Proxy:
             log.warning("cannot write the access log: %s", e)
 
 
+_TRY_ANOTHER = object()  # what _forward and _upgrade return when another replica may take it
+
+
+class _Request:
+    """What the relay needs of a client's request, read once from the environ."""
+
+    __slots__ = ("environ", "arrived", "id", "method", "target", "headers", "upgrade")
+
+    def __init__(self, environ: dict):
+        self.environ = environ
+        self.arrived = time.monotonic()
+        self.id = _request_id(environ)
+        self.method = environ["REQUEST_METHOD"]
+        self.target = _request_target(environ)
+        self.headers = _request_headers(environ, self.id)
+        self.upgrade = _upgrade_requested(environ)
+
+
 class _Exchange:
     """One request relayed to one replica: in flight until its answer is relayed whole, then
     counted (status class, time, bytes) and logged."""
 
-    __slots__ = ("proxy", "replica", "environ", "request_id", "body", "started")
+    __slots__ = ("proxy", "replica", "request", "body", "started")
 
-    def __init__(self, proxy: Proxy, replica: Replica, environ: dict, request_id: str, body):
-        self.proxy, self.replica, self.environ = proxy, replica, environ
-        self.request_id, self.body = request_id, body
+    def __init__(self, proxy: Proxy, replica: Replica, request: _Request, body):
+        self.proxy, self.replica, self.request, self.body = proxy, replica, request, body
         self.started = time.monotonic()
-        replica.in_flight += 1
+        replica.relay.in_flight += 1
 
     def abandon(self) -> None:
         """Not answered (refused, or broken and sent elsewhere): an error of the replica's."""
-        self.replica.in_flight -= 1
-        self.replica.errors += 1
+        relay = self.replica.relay
+        relay.in_flight -= 1
+        relay.errors += 1
 
     def finish(self, status: int, sent: int = 0, failed: bool = False) -> None:
-        replica, stats = self.replica, self.replica.stats
-        replica.in_flight -= 1
+        relay = self.replica.relay
+        relay.in_flight -= 1
         if failed:
-            replica.errors += 1
-        stats.record(status, time.monotonic() - self.started)
-        stats.bytes_out += sent
+            relay.errors += 1
+        relay.record(status, time.monotonic() - self.started)
+        relay.bytes_out += sent
         if self.body is not None:
-            stats.bytes_in += self.body.received
-        self.proxy._log_access(self.environ, status, self.request_id, replica, self.started, sent)
+            relay.bytes_in += self.body.received
+        self.proxy._log_access(self.request.environ, status, self.request.id, self.replica,
+                               self.started, sent)
 
 
 def _sticky_replica(environ: dict) -> str | None:

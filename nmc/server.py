@@ -22,14 +22,13 @@ import gevent.queue
 from gevent.pywsgi import WSGIHandler, WSGIServer
 
 from nmc import request_head
-from nmc.admin import AdminApp
 from nmc.build import build_app
+from nmc.cluster import Cluster
 from nmc.config import Config
-from nmc.containers import Engine
+from nmc.containers import ContainerBackend, Engine
 from nmc.errors import NmcError, UsageError, capture
 from nmc.http_rules import error_answer
 from nmc.logs import follow_live
-from nmc.proxy import Proxy
 from nmc.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
@@ -322,6 +321,7 @@ class NmcServer:
     def __init__(self, config: Config):
         self.config = config
         self.signals: gevent.queue.Queue[str] = gevent.queue.Queue()
+        self.engine: Engine | None = None
         self.supervisor: Supervisor | None = None
         self.http: WSGIServer | None = None
         self.admin: WSGIServer | None = None
@@ -347,16 +347,13 @@ class NmcServer:
                 with (progress or _no_progress)(f"Building {self.config.build}..."):
                     build_app(engine, self.config.build, self.config.build_image)
                 self.config = dataclasses.replace(self.config, image=self.config.build_image)
-            self.supervisor = Supervisor(self.config, engine)
+            self.engine = engine
+            cluster = Cluster(self.config, access_log)
+            self.supervisor = cluster.supervise(ContainerBackend(engine, self.config))
             with (progress or _no_progress)("Starting cluster..."):
                 self._start_cluster()
-            proxy = Proxy(self.supervisor.pool, self.supervisor.report_failure,
-                          backend_timeout=self.config.backend_timeout,
-                          queue_timeout=self.config.queue_timeout,
-                          log_requests=not self.config.quiet, served_by=self.config.served_by,
-                          balance=self.config.balance, sticky=self.config.sticky,
-                          access_log=access_log)
-            self.http = ProxyServer(listener, proxy, max_connections=self.config.max_connections,
+            self.http = ProxyServer(listener, cluster.proxy,
+                                    max_connections=self.config.max_connections,
                                     header_timeout=self.config.header_timeout,
                                     idle_timeout=self.config.idle_timeout,
                                     log=None, error_log=_ErrorLog())
@@ -366,8 +363,8 @@ class NmcServer:
             log.info("serving on http://%s:%d (%d replicas, ports %d-%d)", shown, self.config.port,
                      self.config.replicas, self.config.base_port, self.config.replica_ports[-1])
             if admin_listener is not None:
-                self.admin = WSGIServer(admin_listener, AdminApp(self.config, self.supervisor),
-                                        log=None, error_log=_ErrorLog())
+                self.admin = WSGIServer(admin_listener, cluster.admin_app(), log=None,
+                                        error_log=_ErrorLog())
                 self.admin.start()
                 log.info("admin interface on http://%s:%d (status, scale, rollout)",
                          self.config.admin_bind, self.config.admin_port)
@@ -426,7 +423,7 @@ class NmcServer:
         def roll_out():
             try:
                 if self.config.build:  # --build: what changed is the folder
-                    build_app(self.supervisor.engine, self.config.build, self.config.image)
+                    build_app(self.engine, self.config.build, self.config.image)
                 log.info("SIGHUP: %s", self.supervisor.rollout())
             except NmcError as e:
                 log.error("SIGHUP: %s", e)

@@ -100,7 +100,8 @@ def relay_upgrade(environ: dict, start_response, replica, target: str, headers: 
 
 def _connect(replica, timeout: float) -> socket.socket:
     try:
-        upstream = socket.create_connection((replica.host, replica.port), timeout=timeout)
+        address = replica.address
+        upstream = socket.create_connection((address.host, address.port), timeout=timeout)
     except ConnectionRefusedError:
         raise TunnelRefused("connection refused") from None
     except socket.timeout:
@@ -125,7 +126,7 @@ def _request_head(environ: dict, replica, target: str, headers: dict) -> bytes:
         lines.append(f"{name}: {value}")
         names.add(name.lower())
     if "host" not in names:  # HTTP/1.1 requires one
-        lines.append(f"Host: {replica.host}:{replica.port}")
+        lines.append(f"Host: {replica.address.host}:{replica.address.port}")
     if environ.get("HTTP_TRANSFER_ENCODING", "").lower() == "chunked" and \
             "content-length" not in names:
         lines.append("Transfer-Encoding: chunked")

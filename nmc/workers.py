@@ -11,7 +11,8 @@ Every worker relays requests over its own copy of the replica pool; exactly one 
   then renamed into place) whenever they change; followers read it when its mtime changes, so
   every worker learns of a replacement within about STATE_POLL seconds.
 - A follower that sees a replica refuse or break a connection takes it out of its own rotation at
-  once and probes it itself; it comes back on a passing probe or on the leader's next word.
+  once and probes it itself; it comes back after --healthy-after passing probes (the leader's
+  thresholds) or on the leader's next word.
 - When the leader's worker is told to stop (SIGTERM, SIGINT, SIGQUIT), it tells a reload from a
   shutdown by its siblings: a graceful reload (HUP) forks the new workers before it stops the old
   ones, so a child of the master that was not there a moment before means "hand over"; none
@@ -35,12 +36,15 @@ from pathlib import Path
 import gevent
 import gevent.event
 
+from nmc.backend import Address, Instance
+from nmc.cluster import Cluster
 from nmc.config import Config
-from nmc.containers import Engine
+from nmc.containers import ContainerBackend, Engine
 from nmc.errors import NmcError, capture
-from nmc.health import HealthChecker
-from nmc.pool import Pool, Replica, State
-from nmc.supervisor import Supervisor
+from nmc.health import CheckCounts, HealthChecker, Verdict
+from nmc.pool import Pool
+from nmc.replica import Replica, State
+from nmc.supervisor import Supervisor, thresholds_of
 
 log = logging.getLogger(__name__)
 
@@ -135,8 +139,11 @@ class StateFile:
 
     @staticmethod
     def snapshot(pool: Pool) -> list[dict]:
-        return [{"name": r.name, "port": r.port, "state": r.state.value,
-                 "container_id": r.container_id} for r in pool]
+        return [{"name": r.name, "slot": r.slot, "state": r.state.value,
+                 "instance": r.instance_id,
+                 "image_id": r.instance.image_id if r.instance else None,
+                 "address": [r.address.host, r.address.port] if r.address else None}
+                for r in pool]
 
     def publish(self, replicas: list[dict]) -> None:
         data = json.dumps({"leader": os.getpid(), "replicas": replicas}).encode()
@@ -165,12 +172,21 @@ class StateFile:
 
 
 def apply_snapshot(pool: Pool, replicas: list[dict]) -> None:
-    """Make the worker's pool what the leader published (states are mirrored, not re-logged)."""
-    published = {record["port"]: record for record in replicas}
-    for replica in pool:
-        record = published.get(replica.port)
-        if record is not None:
-            replica.mirror(State(record["state"]), record["container_id"])
+    """Make the worker's pool what the leader published: its replicas, their instances and
+    addresses, and their states (mirrored: the leader logged them already)."""
+    by_name = {replica.name: replica for replica in pool}
+    for record in replicas:
+        replica = by_name.pop(record["name"], None)
+        if replica is None:
+            replica = Replica(record["name"], record["slot"])
+            pool.add(replica)
+        if replica.instance_id != record["instance"]:
+            address = Address(*record["address"]) if record["address"] else None
+            replica.serve_with(Instance(record["instance"], record["name"], record["image_id"] or "",
+                                        address) if record["instance"] else None)
+        replica.change_state(State(record["state"]), mirrored=True)
+    for gone in by_name.values():
+        pool.remove(gone)
 
 
 def master_children(master: int) -> set[int]:
@@ -192,9 +208,11 @@ def master_children(master: int) -> set[int]:
 class Worker:
     """This worker's part in the cluster: leader or follower, and its pool kept current."""
 
-    def __init__(self, config: Config, pool: Pool):
+    def __init__(self, config: Config, cluster: Cluster):
         self.config = config
-        self.pool = pool
+        self.cluster = cluster
+        self.pool = cluster.pool
+        self.thresholds = thresholds_of(config)
         folder = run_dir()
         folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.lease = Lease(folder / f"{config.name}.lock")
@@ -205,7 +223,7 @@ class Worker:
         self.master = os.getppid()
         self._siblings: set[int] = set()      # the master's children as last seen (leader only)
         self._siblings_at_stop: set[int] | None = None
-        self._probing: set[Replica] = set()
+        self._probing: set[Replica] = set()  # replicas this follower probes itself
         self._loop: gevent.Greenlet | None = None
 
     # -- running -----------------------------------------------------------------------------
@@ -217,6 +235,7 @@ class Worker:
             previous = signal.getsignal(signum)
             signal.signal(signum, self._chain(previous))
         atexit.register(self.at_exit)
+        self.cluster.follow(self)
         self._loop = gevent.spawn(self._run)
 
     def _chain(self, previous):
@@ -248,11 +267,11 @@ class Worker:
     def _lead(self) -> None:
         log.info("worker %d supervises cluster %s", os.getpid(), self.config.name)
         self._siblings = master_children(self.master)
-        # Adopt from the engine, not from the file: the ids are found again by label.
+        # Adopt from the engine, not from the file: the instances are found again by label.
         for replica in self.pool:
-            replica.container_id = None
+            replica.serve_with(None)
         try:
-            self.supervisor = Supervisor(self.config, Engine.connect(), pool=self.pool)
+            self.supervisor = self.cluster.supervise(ContainerBackend(Engine.connect(), self.config))
             error = capture(self.supervisor.start)
         except NmcError as e:
             error = e
@@ -278,24 +297,25 @@ class Worker:
         fail_boot(str(error).replace("\n", " "))
 
     def report_failure(self, replica: Replica, reason: str) -> None:
-        """A request found `replica` refusing or broken: the leader replaces it, a follower takes
-        it out of its own rotation and probes it until it answers or the leader says more."""
-        if self.supervisor is not None:
-            self.supervisor.report_failure(replica, reason)
-            return
+        """While following: a request found `replica` refusing or broken. Out of this worker's
+        rotation, and probed until it passes as many probes in a row as the leader would want
+        (--healthy-after), or the leader says more. (Once leading, the supervisor hears it.)"""
         if replica.state is State.READY:
-            replica.mirror(State.DOWN, replica.container_id)
-            log.warning("replica %s (port %d): out of this worker's rotation (%s)", replica.name,
-                        replica.port, reason)
+            replica.change_state(State.DOWN, f"{reason}; out of this worker's rotation")
         if replica not in self._probing:
             self._probing.add(replica)
             gevent.spawn(self._probe_until_back, replica)
 
     def _probe_until_back(self, replica: Replica) -> None:
+        counts = CheckCounts()
         try:
             while replica.state is State.DOWN and not self.stopping.is_set():
-                if self.checker.check(replica.url).ok:
-                    replica.mirror(State.READY, replica.container_id)
+                result = self.checker.check(replica.url)
+                counts.add(result.ok)
+                verdict = self.thresholds.judge(False, counts.fails, counts.passes, 0.0)
+                if verdict is Verdict.IN and replica.state is State.DOWN:
+                    replica.change_state(State.READY, f"{result.reason}; {counts.passes} passed "
+                                                      "probes in a row")
                     return
                 self.stopping.wait(PROBE_INTERVAL)
         finally:

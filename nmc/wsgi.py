@@ -18,17 +18,19 @@ import sys
 
 from gevent import monkey
 
-from nmc.cli import LOG_DATE_FORMAT, LOG_FORMAT, set_log_levels
+from nmc.cli import install_log_handler, set_log_levels
+from nmc.cluster import Cluster
 from nmc.config import Config
 from nmc.errors import NmcError
-from nmc.pool import Pool
 from nmc.proxy import Proxy
 
 log = logging.getLogger(__name__)
 
 def create_app(**options) -> Proxy:
     """The WSGI application of one worker process; `options` override the NMC_* variables."""
-    from nmc.workers import Worker  # imports the Docker SDK: only once we know gevent is on
+    from nmc.workers import (
+        Worker,  # imports the Docker SDK: only once we know gevent is on
+    )
 
     if not monkey.is_module_patched("socket"):
         _fail("nmc.wsgi needs gunicorn's gevent worker: gunicorn -k gevent ... nmc.wsgi:app "
@@ -42,13 +44,9 @@ def create_app(**options) -> Proxy:
     except NmcError as e:
         _fail(f"{e} (from the NMC_* environment or create_app)")
     _setup_logging(config.quiet)
-    pool = Pool.for_config(config)
-    worker = Worker(config, pool)
-    proxy = Proxy(pool, worker.report_failure, backend_timeout=config.backend_timeout,
-                  queue_timeout=config.queue_timeout, log_requests=not config.quiet,
-                  served_by=config.served_by, balance=config.balance, sticky=config.sticky)
-    worker.start()
-    return proxy
+    cluster = Cluster(config)
+    Worker(config, cluster).start()
+    return cluster.proxy
 
 
 def _fail(message: str):
@@ -57,15 +55,14 @@ def _fail(message: str):
 
 
 def _setup_logging(quiet: bool) -> None:
-    """nmc's lines on stderr in the seed's format, beside gunicorn's own log."""
+    """nmc's lines on stderr in the original's format, beside gunicorn's own log (not through
+    the root logger, which is gunicorn's)."""
     logger = logging.getLogger("nmc")
-    if not logger.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter(LOG_FORMAT, LOG_DATE_FORMAT))
-        logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
-        logger.propagate = False
-    set_log_levels(quiet)
+    if logger.handlers:
+        set_log_levels(quiet)
+        return
+    install_log_handler(logger, logging.StreamHandler(sys.stderr), quiet)
+    logger.propagate = False
 
 
 _app: Proxy | None = None

@@ -2,12 +2,19 @@
 
 import logging
 
+from nmc.backend import Address, Instance
 from nmc.pool import Pool, Replica, State
 
 
+def make_replica(port: int, state: State = State.STARTING, instance_id: str = "c0ffee") -> Replica:
+    return Replica(f"nmc-{port}", port, state=state,
+                   instance=Instance(instance_id, f"nmc-{port}", "sha256:1",
+                                     Address("127.0.0.1", port)),
+                   address=Address("127.0.0.1", port))
+
+
 def make_pool(*states: State) -> Pool:
-    replicas = [Replica(f"nmc-{3001 + i}", 3001 + i, state=state) for i, state in enumerate(states)]
-    return Pool(replicas)
+    return Pool([make_replica(3001 + i, state) for i, state in enumerate(states)])
 
 
 def ports(pool: Pool, count: int) -> list:
@@ -46,8 +53,8 @@ def test_skip_excludes_replicas_already_tried():
 
 
 def test_change_state_logs_each_transition_once(caplog):
-    replica = Replica("nmc-3001", 3001, container_id="abcdef0123456789")
-    with caplog.at_level(logging.INFO, logger="nmc.pool"):
+    replica = make_replica(3001, instance_id="abcdef0123456789")
+    with caplog.at_level(logging.INFO, logger="nmc.replica"):
         assert replica.change_state(State.READY, "answered /healthz")
         assert not replica.change_state(State.READY, "answered /healthz")
         assert replica.change_state(State.DOWN, "status 500")
@@ -62,17 +69,17 @@ def test_change_state_logs_each_transition_once(caplog):
 def test_least_conn_picks_the_replica_with_fewest_requests_in_flight():
     pool = make_pool(State.READY, State.READY, State.READY)
     a, b, c = pool.replicas
-    a.in_flight, b.in_flight, c.in_flight = 3, 1, 2
+    a.relay.in_flight, b.relay.in_flight, c.relay.in_flight = 3, 1, 2
     assert pool.choose(balance="least-conn") is b
-    b.in_flight = 5
+    b.relay.in_flight = 5
     assert pool.choose(balance="least-conn") is c
-    a.in_flight = b.in_flight = c.in_flight = 0  # equal: in turn
+    a.relay.in_flight = b.relay.in_flight = c.relay.in_flight = 0  # equal: in turn
     assert [pool.choose(balance="least-conn").port for _ in range(4)] == [3001, 3002, 3003, 3001]
 
 
 def test_least_conn_skips_replicas_out_of_the_rotation():
     pool = make_pool(State.DOWN, State.READY, State.DRAINING)
-    pool.replicas[1].in_flight = 10
+    pool.replicas[1].relay.in_flight = 10
     assert pool.choose(balance="least-conn") is pool.replicas[1]
     assert pool.choose(balance="least-conn", skip=(pool.replicas[1],)) is None
 

@@ -2,12 +2,13 @@
 
 import os
 
+from nmc.backend import Address, Instance
 from nmc.pool import Pool, Replica, State
 from nmc.workers import Lease, StateFile, apply_snapshot, master_children
 
 
 def pool_of(*ports: int) -> Pool:
-    return Pool([Replica(f"nmc-{port}", port) for port in ports])
+    return Pool([Replica(f"nmc-{port}", port, address=Address("127.0.0.1", port)) for port in ports])
 
 
 def test_the_lease_is_held_by_one_holder_at_a_time(tmp_path):
@@ -23,13 +24,13 @@ def test_the_lease_is_held_by_one_holder_at_a_time(tmp_path):
 def test_followers_mirror_what_the_leader_published(tmp_path):
     leader, follower = pool_of(3001, 3002), pool_of(3001, 3002)
     leader.replicas[0].change_state(State.READY)
-    leader.replicas[0].container_id = "abc"
+    leader.replicas[0].serve_with(Instance("abc", "nmc-3001", "sha256:1", Address("127.0.0.1", 3001)))
     leader.replicas[1].change_state(State.DOWN)
     written, reader = StateFile(tmp_path / "c.json"), StateFile(tmp_path / "c.json")
     written.publish(StateFile.snapshot(leader))
     replicas = reader.read_if_changed()
     apply_snapshot(follower, replicas)
-    assert [(r.state, r.container_id) for r in follower] == [(State.READY, "abc"), (State.DOWN, None)]
+    assert [(r.state, r.instance_id) for r in follower] == [(State.READY, "abc"), (State.DOWN, None)]
     assert follower.next_ready() is follower.replicas[0]
     assert reader.read_if_changed() is None  # unchanged since the last read
 

@@ -1,0 +1,56 @@
+"""One cluster built from a Config, the same for both hosts: ./nmc_server.py (nmc.server) and
+gunicorn (nmc.wsgi).
+
+It wires the pool, the relay over it, and, in the process that supervises, the backend, the
+supervisor and the admin interface. Under gunicorn only one worker supervises; the others
+follow it (nmc.workers) and tell the cluster so with `follow`.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from nmc.admin import AdminApp
+from nmc.backend import Backend
+from nmc.config import Config
+from nmc.pool import Pool
+from nmc.proxy import Proxy
+from nmc.replica import Replica
+from nmc.supervisor import Supervisor
+
+
+class FailureReports(Protocol):
+    def report_failure(self, replica: Replica, reason: str) -> None: ...
+
+
+class Cluster:
+    """The pool, the relay, and whoever hears of the relay's failures: the supervisor where
+    this process supervises, a follower's own probes where it does not."""
+
+    def __init__(self, config: Config, access_log=None):
+        self.config = config
+        self.pool = Pool()
+        self.supervisor: Supervisor | None = None
+        self._reports: FailureReports | None = None
+        self.proxy = Proxy(self.pool, self.report_failure,
+                           backend_timeout=config.backend_timeout,
+                           queue_timeout=config.queue_timeout,
+                           log_requests=not config.quiet, served_by=config.served_by,
+                           balance=config.balance, sticky=config.sticky, access_log=access_log)
+
+    def supervise(self, backend: Backend) -> Supervisor:
+        """This process supervises the replicas on `backend` (start them with .start())."""
+        self.supervisor = Supervisor(self.config, backend, self.pool)
+        self._reports = self.supervisor
+        return self.supervisor
+
+    def follow(self, reports: FailureReports) -> None:
+        """Another process supervises; the relay's failures go to `reports` meanwhile."""
+        self._reports = reports
+
+    def report_failure(self, replica: Replica, reason: str) -> None:
+        if self._reports is not None:
+            self._reports.report_failure(replica, reason)
+
+    def admin_app(self, started: float | None = None) -> AdminApp:
+        return AdminApp(self.config, self.supervisor, started)
