@@ -130,6 +130,9 @@ class Lease:
             self._fd, self.held = None, False
 
 
+RECORD_FIELDS = frozenset(("name", "slot", "state", "instance", "image_id", "address"))
+
+
 class StateFile:
     """The replicas as the leader sees them, shared through one JSON file."""
 
@@ -168,6 +171,8 @@ class StateFile:
         except (OSError, ValueError, KeyError):
             return None  # replaced while we read: the next poll gets the new one
         self._seen = mark
+        if not all(RECORD_FIELDS <= record.keys() for record in replicas):
+            return None  # written by an older nmc's leader (a reload onto new code): wait for ours
         return replicas
 
 

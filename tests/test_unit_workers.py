@@ -41,3 +41,10 @@ def test_a_state_file_not_yet_written_reads_as_nothing(tmp_path):
 
 def test_master_children_finds_this_process_under_its_parent():
     assert os.getpid() in master_children(os.getppid())
+
+
+def test_a_state_file_of_an_older_format_is_not_applied(tmp_path):
+    path = tmp_path / "c.json"
+    path.write_text('{"leader": 1, "replicas": [{"name": "nmc-3001", "port": 3001, '
+                    '"state": "ready", "container_id": "abc"}]}')
+    assert StateFile(path).read_if_changed() is None
