@@ -73,6 +73,7 @@ class Happening(enum.Enum):
     GONE = "gone"                    # removed
     OUT_OF_MEMORY = "out of memory"  # killed, or about to be, for memory
     STARTED = "started"
+    RETIRED = "retired"              # the engine removes it for good (its scale-down)
 
 
 @dataclass(frozen=True)
@@ -98,9 +99,11 @@ class Backend(Protocol):
     Slots are numbers: the backend names them and says where their numbering begins (on one
     host the slot is the replica's host port, as the original named its containers)."""
 
-    noun: str         # what an instance is called in log lines: "container", "task"
-    engine_name: str  # and the engine: "Docker engine"
-    first_slot: int  # new replicas take the lowest free slots from here on
+    noun: str           # what an instance is called in log lines: "container", "task"
+    engine_name: str    # and the engine: "Docker engine"
+    first_slot: int     # new replicas take the lowest free slots from here on
+    orchestrates: bool  # the engine replaces failed instances and scales by itself (Swarm):
+                        # nmc waits for its instances instead of starting them, and follows it
 
     def slot_name(self, slot: int) -> str:
         """The replica's stable name for a slot."""
@@ -110,6 +113,13 @@ class Backend(Protocol):
 
     def check_startable(self, slots: list[int]) -> None:
         """Raise a one-line NmcError before anything starts when these slots cannot (a taken port)."""
+
+    def prepare(self, count: int, image_id: str) -> None:
+        """Make the engine ready to run `count` replicas of `image_id` (on Swarm: create or adopt
+        the service, or change its replica count; on one host: nothing)."""
+
+    def teardown(self) -> None:
+        """Remove what prepare made, once every replica is removed."""
 
     def list_instances(self, image_id: str) -> list[Instance]:
         """Every instance the engine has for this cluster, each saying whether it can be adopted

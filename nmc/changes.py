@@ -21,8 +21,8 @@ from nmc.replica import Replica, State
 
 log = logging.getLogger(__name__)
 
-DRAIN_POLL = 0.05  # seconds between looks at a draining replica's requests in flight
 LEAVING = (State.DRAINING, State.STOPPING, State.STOPPED)
+ENGINE_POLL = 0.05  # seconds between looks at an engine's own scale-down
 # A rollout leaves these alone: their replacement starts on the new image anyway.
 BEING_REPLACED = (State.REPLACING, State.BACKOFF, State.STARTING)
 
@@ -55,6 +55,8 @@ class Changes:
                 added = self.add(count - len(current))
                 return (f"scaled from {len(current)} to {count} replicas: started "
                         f"{', '.join(r.name for r in added)}")
+            if count < len(current) and self.lifecycle.backend.orchestrates:
+                return self._scale_down_by_engine(current, count)
             if count < len(current):
                 leaving = leaving_order(current)[:len(current) - count]
                 gevent.joinall([gevent.spawn(self.retire, r, f"scaling to {count}")
@@ -63,6 +65,25 @@ class Changes:
                         f"{', '.join(r.name for r in leaving)}")
             return f"already {count} replicas: nothing to do"
 
+    def _scale_down_by_engine(self, current: list[Replica], count: int) -> str:
+        """The engine picks the leaving replicas (Swarm): it says so by retiring them, and
+        healing drains them; done when they are gone."""
+        lifecycle = self.lifecycle
+        lifecycle.backend.prepare(count, lifecycle.image_id)
+        allowed = self.config.start_timeout + self.config.graceful_timeout
+        deadline = time.monotonic() + allowed
+        while not self._scaled_to(count) and time.monotonic() < deadline:
+            lifecycle.stopped.wait(ENGINE_POLL)
+        leaving = [r.name for r in current if r not in self.in_service()]
+        if not self._scaled_to(count):
+            raise ChangeFailed(f"the {lifecycle.backend.engine_name} did not scale down to {count} "
+                               f"within {allowed:g}s")
+        return f"scaled from {len(current)} to {count} replicas: removed {', '.join(leaving)}"
+
+    def _scaled_to(self, count: int) -> bool:
+        """`count` replicas in service, and the leaving ones drained and gone."""
+        return len(self.in_service()) <= count and all(r.state not in LEAVING for r in self.pool)
+
     def rollout(self, image: str | None = None, max_surge: int | None = None) -> str:
         """Replace every replica by one of `image` (default: the current image name, rebuilt),
         `max_surge` at a time: start the new ones, wait until they answer, then drain and
@@ -70,6 +91,9 @@ class Changes:
         swapped and raise ChangeFailed: the replicas of the old image keep serving."""
         lifecycle = self.lifecycle
         surge = max_surge or self.config.max_surge
+        if lifecycle.backend.orchestrates:
+            raise ChangeFailed(f"rollout on an engine that rolls out by itself (--swarm) is not "
+                               f"there yet: use `docker service update --image ... {self.config.name}`")
         with self._one_at_a_time:
             image = image or lifecycle.image
             new_id = lifecycle.backend.image_id(image)
@@ -112,6 +136,7 @@ class Changes:
         lifecycle = self.lifecycle
         slots = self.pool.free_slots(lifecycle.backend.first_slot, count)
         lifecycle.backend.check_startable(slots)
+        lifecycle.backend.prepare(len(self.in_service()) + count, lifecycle.image_id)
         added = [lifecycle.new_replica(slot) for slot in slots]
         for replica in added:
             self.pool.add(replica)
@@ -126,16 +151,14 @@ class Changes:
                 if replica.instance and replica.state is not State.STOPPED:
                     lifecycle.remove(replica, grace=1)
                 self.pool.remove(replica)
+            lifecycle.backend.prepare(len(self.in_service()), lifecycle.image_id)
             raise errors[0] if errors else ChangeFailed("nmc is stopping")
         return added
 
     def retire(self, replica: Replica, reason: str) -> None:
         """Out of the rotation; once its requests are done (or after --graceful-timeout), its
         instance is stopped (the site finishes what it still has) and removed."""
-        replica.change_state(State.DRAINING, reason)
-        deadline = time.monotonic() + self.config.graceful_timeout
-        while replica.relay.in_flight > 0 and time.monotonic() < deadline:
-            gevent.sleep(DRAIN_POLL)
+        self.lifecycle.drain(replica, reason)
         if replica.instance:
             self.lifecycle.remove(replica, grace=5)
         self.pool.remove(replica)

@@ -82,6 +82,8 @@ Options:
   --admin-bind ADDRESS       Address of the admin interface [default: 127.0.0.1].
   --keep                     Leave the replicas running on exit; the next start with the
                              same --name adopts them.
+  --swarm                    Run the replicas as the tasks of one Docker Swarm service
+                             named --name (the engine must be a swarm manager).
   -q, --quiet                No log line per request.
   --access-log FILE          Write one line per request to FILE (- for stdout), in the
                              combined log format plus request id, replica and time taken.

@@ -13,10 +13,19 @@ from typing import Protocol
 from nmc.admin import AdminApp
 from nmc.backend import Backend
 from nmc.config import Config
+from nmc.containers import ContainerBackend, Engine
 from nmc.pool import Pool
 from nmc.proxy import Proxy
 from nmc.replica import Replica
 from nmc.supervisor import Supervisor
+
+
+def make_backend(engine: Engine, config: Config) -> Backend:
+    """The backend the configuration asks for: one Swarm service, or containers on one host."""
+    if config.swarm:
+        from nmc.swarm import SwarmBackend
+        return SwarmBackend(engine, config)
+    return ContainerBackend(engine, config)
 
 
 class FailureReports(Protocol):

@@ -56,6 +56,7 @@ class Config:
     logs: bool = False      # also print the replicas' own output
     access_log: str = ""    # a file for one combined-format line per request; "-": stdout
     keep: bool = False
+    swarm: bool = False     # the replicas are the tasks of one Docker Swarm service
     env_file: str = ""
     # The environment of every replica: --env-file's variables, then -e's (which win).
     env: tuple[tuple[str, str], ...] = ()

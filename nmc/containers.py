@@ -384,6 +384,7 @@ class ContainerBackend:
 
     noun = "container"
     engine_name = "Docker engine"
+    orchestrates = False  # nmc starts and replaces every container itself
 
     def __init__(self, engine: Engine, config: Config):
         self.engine = engine
@@ -406,6 +407,12 @@ class ContainerBackend:
     def check_startable(self, slots: list[int]) -> None:
         for port in slots:
             _check_port_free(port)
+
+    def prepare(self, count: int, image_id: str) -> None:
+        pass  # each container is started on its own
+
+    def teardown(self) -> None:
+        pass
 
     def list_instances(self, image_id: str) -> list[Instance]:
         instances = []

@@ -89,7 +89,10 @@ class Healing:
             return
         if event.happening is Happening.EXITED:
             replica.last_exit_code = event.exit_code
-        if event.happening is Happening.BEING_STOPPED:
+        if event.happening is Happening.RETIRED:
+            if replica.state in WATCHED:  # the engine scales down: it leaves, as on our own
+                self.lifecycle.tasks.spawn(self._leave, replica, event.reason)
+        elif event.happening is Happening.BEING_STOPPED:
             # out of the rotation now: no new requests while it shuts down (in-flight ones
             # finish); its exit follows and gets it replaced
             if replica.state is State.READY:
@@ -98,6 +101,13 @@ class Healing:
             # a DOWN replica too: the relay often sees the connections break before the engine
             # reports the death. STARTING ones are watched by Lifecycle.wait_ready.
             self.replace(replica, event.reason)
+
+    def _leave(self, replica: Replica, reason: str) -> None:
+        """A replica the engine retires (Swarm scaling down): drained, then out of the pool."""
+        self.lifecycle.drain(replica, reason)
+        replica.change_state(State.STOPPED, "removed by the engine")
+        replica.serve_with(None)
+        self.pool.remove(replica)
 
     # -- checks ------------------------------------------------------------------------------
 
@@ -209,8 +219,8 @@ class Healing:
             replica.last_exit_code = found.exit_code
             log.warning("replica %s exited with code %s after %.1fs in the rotation%s",
                         replica.name, found.exit_code, uptime, self.lifecycle.last_logs(replica))
-        delay = crash_loop_delay(replica.quick_crashes)
-        if delay:
+        delay = 0.0 if self.backend.orchestrates else crash_loop_delay(replica.quick_crashes)
+        if delay:  # (an engine that restarts by itself, Swarm, has its own fixed delay)
             log.warning("replica %s failed %d times in a row within %gs of starting: next start "
                         "in %gs", replica.name, replica.quick_crashes, QUICK_CRASH, delay)
             if replica.state in BEING_REPLACED:

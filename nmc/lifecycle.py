@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 READY_POLL = 0.1     # seconds between health probes while a replica starts
 INSPECT_POLL = 0.5   # seconds between looks at a starting instance (an exited one never answers)
 LOG_LINES = 5        # lines of an instance's output quoted when it fails
+DRAIN_POLL = 0.05    # seconds between looks at a draining replica's requests in flight
 
 
 class ReplicaStartFailed(NmcError):
@@ -126,6 +127,14 @@ class Lifecycle:
         return "; its last log lines: " + " | ".join(lines) if lines else "; it logged nothing"
 
     # -- remove ------------------------------------------------------------------------------
+
+    def drain(self, replica: Replica, reason: str) -> None:
+        """Out of the rotation on purpose; returns once its requests are done (or after
+        --graceful-timeout)."""
+        replica.change_state(State.DRAINING, reason)
+        deadline = time.monotonic() + self.config.graceful_timeout
+        while replica.relay.in_flight > 0 and time.monotonic() < deadline:
+            gevent.sleep(DRAIN_POLL)
 
     def remove(self, replica: Replica, grace: float) -> None:
         """Its instance stopped (a polite signal, then a kill after `grace` s) and removed."""

@@ -23,9 +23,9 @@ from gevent.pywsgi import WSGIHandler, WSGIServer
 
 from nmc import request_head
 from nmc.build import build_app
-from nmc.cluster import Cluster
+from nmc.cluster import Cluster, make_backend
 from nmc.config import Config
-from nmc.containers import ContainerBackend, Engine
+from nmc.containers import Engine
 from nmc.errors import NmcError, UsageError, capture
 from nmc.http_rules import error_answer
 from nmc.logs import follow_live
@@ -349,7 +349,7 @@ class NmcServer:
                 self.config = dataclasses.replace(self.config, image=self.config.build_image)
             self.engine = engine
             cluster = Cluster(self.config, access_log)
-            self.supervisor = cluster.supervise(ContainerBackend(engine, self.config))
+            self.supervisor = cluster.supervise(make_backend(engine, self.config))
             with (progress or _no_progress)("Starting cluster..."):
                 self._start_cluster()
             self.http = ProxyServer(listener, cluster.proxy,
@@ -360,8 +360,10 @@ class NmcServer:
             self.http.start()
             self.supervisor.watch()
             shown = "localhost" if self.config.bind in ("0.0.0.0", "::") else self.config.bind
-            log.info("serving on http://%s:%d (%d replicas, ports %d-%d)", shown, self.config.port,
-                     self.config.replicas, self.config.base_port, self.config.replica_ports[-1])
+            log.info("serving on http://%s:%d (%d replicas, %s)", shown, self.config.port,
+                     self.config.replicas, f"tasks of swarm service {self.config.name}"
+                     if self.config.swarm else f"ports {self.config.base_port}-"
+                                               f"{self.config.replica_ports[-1]}")
             if admin_listener is not None:
                 self.admin = WSGIServer(admin_listener, cluster.admin_app(), log=None,
                                         error_log=_ErrorLog())

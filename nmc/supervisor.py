@@ -12,7 +12,7 @@ import logging
 
 import gevent
 
-from nmc.backend import Backend
+from nmc.backend import Backend, EngineError
 from nmc.changes import ChangeFailed, Changes
 from nmc.config import Config
 from nmc.errors import capture
@@ -85,6 +85,7 @@ class Supervisor:
         """
         lifecycle = self.lifecycle
         lifecycle.image_id = self.backend.image_id(lifecycle.image)
+        self.backend.prepare(len(self.pool), lifecycle.image_id)
         lifecycle.adopt_or_remove_leftovers(self.pool)
         missing = [r for r in self.pool if r.instance is None]
         self.backend.check_startable([r.slot for r in missing])
@@ -124,6 +125,10 @@ class Supervisor:
                 if replica.instance:
                     replica.change_state(State.STOPPED, reason)
             return
+        try:  # first: an engine that restarts instances by itself must not meanwhile
+            self.backend.teardown()
+        except EngineError as e:
+            log.error("could not remove the cluster from the engine: %s", e)
         gevent.joinall([gevent.spawn(lifecycle.remove, r, stop_timeout)
                         for r in self.pool if r.instance])
         lifecycle.remove_unrecorded()

@@ -37,9 +37,9 @@ import gevent
 import gevent.event
 
 from nmc.backend import Address, Instance
-from nmc.cluster import Cluster
+from nmc.cluster import Cluster, make_backend
 from nmc.config import Config
-from nmc.containers import ContainerBackend, Engine
+from nmc.containers import Engine
 from nmc.errors import NmcError, capture
 from nmc.health import CheckCounts, HealthChecker, Verdict
 from nmc.pool import Pool
@@ -276,7 +276,7 @@ class Worker:
         for replica in self.pool:
             replica.serve_with(None)
         try:
-            self.supervisor = self.cluster.supervise(ContainerBackend(Engine.connect(), self.config))
+            self.supervisor = self.cluster.supervise(make_backend(Engine.connect(), self.config))
             error = capture(self.supervisor.start)
         except NmcError as e:
             error = e

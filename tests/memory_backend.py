@@ -67,6 +67,7 @@ class MemoryBackend:
 
     noun = "container"
     engine_name = "Docker engine"
+    orchestrates = False
 
     def __init__(self, first_slot: int = 3001, cluster: str = "nmc"):
         self.first_slot = first_slot
@@ -100,6 +101,12 @@ class MemoryBackend:
         for slot in slots:
             if slot in self.busy_slots:
                 raise PortBusy(f"host port {slot} is already in use")
+
+    def prepare(self, count: int, image_id: str) -> None:
+        self._answer()
+
+    def teardown(self) -> None:
+        self._answer()
 
     def list_instances(self, image_id: str) -> list[Instance]:
         self._answer()

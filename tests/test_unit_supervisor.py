@@ -16,7 +16,7 @@ import gevent
 import pytest
 
 from memory_backend import SITE_ID, SITE_IMAGE, MemoryBackend, MemoryChecker
-from nmc import changes, healing, lifecycle
+from nmc import healing, lifecycle
 from nmc.backend import EngineUnreachable
 from nmc.changes import ChangeFailed, leaving_order
 from nmc.config import Config
@@ -66,7 +66,7 @@ def fast_policy(monkeypatch, caplog):
     monkeypatch.setattr(healing, "ENGINE_RETRY_MAX", 0.02)
     monkeypatch.setattr(lifecycle, "READY_POLL", 0.005)
     monkeypatch.setattr(lifecycle, "INSPECT_POLL", 0.01)
-    monkeypatch.setattr(changes, "DRAIN_POLL", 0.005)
+    monkeypatch.setattr(lifecycle, "DRAIN_POLL", 0.005)
     caplog.set_level(logging.INFO, logger="nmc")
 
 

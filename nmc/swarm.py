@@ -1,0 +1,303 @@
+"""Replicas as the tasks of one Docker Swarm service: nmc's second Backend.
+
+Swarm schedules, restarts and removes the tasks; nmc follows it and does not orchestrate. The
+service is named after the cluster and publishes the container port in host mode with no
+published port, so that every task gets a port of its own on its node, found in its
+PortStatus, and nmc relays to it (Swarm's routing mesh is not used: it would bypass nmc's
+balancing and checks). Swarm has no task events (moby#37403), so the service's tasks are polled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+
+import docker.errors
+import docker.types
+
+from nmc.backend import Address, EngineError, Event, Happening, Instance
+from nmc.config import Config
+from nmc.containers import LABEL_CLUSTER, LABEL_SETTINGS, Engine, _engine_call, _explain
+
+log = logging.getLogger(__name__)
+
+LABEL_IMAGE = "nmc.image"  # on each task's container spec: the image id it runs
+POLL = 0.1                 # seconds between looks at the service's tasks
+TASK_WAIT_POLL = 0.1       # seconds between looks for a slot's task while it is placed
+SLOT_NAME = "{{.Service.Name}}.{{.Task.Slot}}"  # Swarm's template: a task's hostname, as slot_name
+STOPPED_STATES = {"complete", "failed", "shutdown", "rejected", "orphaned", "remove"}
+
+
+class NotAManager(EngineError):
+    """--swarm on an engine that is not a swarm manager."""
+
+
+class SwarmBackend:
+    """nmc's Backend on a Docker Swarm: a replica is a slot of the service <name>, served by
+    its running task; the task's address is its node's address and its published port."""
+
+    noun = "task"
+    engine_name = "Docker engine"
+    first_slot = 1
+    orchestrates = True  # Swarm replaces failed tasks and removes retired ones: nmc follows
+
+    def __init__(self, engine: Engine, config: Config):
+        self.engine = engine
+        self.api = engine.client.api
+        self.config = config
+        self.service = config.name
+        self._addresses: dict[str, Address] = {}  # task id -> where it answered (see _address)
+        self._nodes: dict[str, str] = {}          # node id -> its address
+        self._tasks_seen: dict[str, dict] = {}    # task id -> Swarm's last word on it
+        self._require_manager()
+
+    @_engine_call("ask whether it is a swarm manager")
+    def _require_manager(self) -> None:
+        swarm = self.engine.client.info().get("Swarm") or {}
+        if not swarm.get("ControlAvailable"):
+            raise NotAManager(
+                "--swarm: this Docker engine is not a swarm manager (its swarm state is "
+                f"{swarm.get('LocalNodeState') or 'unknown'}): run `docker swarm init` here, or "
+                "point DOCKER_HOST at a manager")
+
+    def slot_name(self, slot: int) -> str:
+        return f"{self.service}.{slot}"
+
+    def image_id(self, image: str) -> str:
+        return self.engine.image_id(image)
+
+    def check_startable(self, slots: list[int]) -> None:
+        pass  # Swarm places tasks and picks their ports
+
+    # -- the service -------------------------------------------------------------------------
+
+    def settings_hash(self, image_id: str) -> str:
+        text = json.dumps([image_id, self.config.container_port, sorted(self.config.replica_env.items())])
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    @_engine_call("create or update the swarm service")
+    def prepare(self, count: int, image_id: str) -> None:
+        """The service runs `count` tasks of `image_id`: created, adopted as it is when its
+        settings match, else replaced; only its replica count changes otherwise."""
+        current = self._inspect_service()
+        if current is not None and current["Spec"].get("Labels", {}).get(LABEL_SETTINGS) \
+                != self.settings_hash(image_id):
+            log.info("removing leftover swarm service %s: it does not match this cluster's "
+                     "settings", self.service)
+            self.api.remove_service(current["ID"])
+            self._wait_service_gone()
+            current = None
+        if current is None:
+            self._create_service(count, image_id)
+            log.info("created swarm service %s (%d replicas)", self.service, count)
+        elif current["Spec"]["Mode"].get("Replicated", {}).get("Replicas") != count:
+            self._update_service(lambda spec: spec["Mode"]["Replicated"].update(Replicas=count))
+        else:
+            log.info("adopting swarm service %s", self.service)
+
+    def _create_service(self, count: int, image_id: str) -> None:
+        config = self.config
+        template = docker.types.TaskTemplate(
+            docker.types.ContainerSpec(
+                config.image, hostname=SLOT_NAME, labels={LABEL_IMAGE: image_id},
+                env=[f"NMC_REPLICA={SLOT_NAME}"]
+                + [f"{k}={v}" for k, v in config.replica_env.items()]),
+            restart_policy=docker.types.RestartPolicy(condition="any", delay=0))
+        self.api.create_service(
+            template, name=self.service,
+            labels={LABEL_CLUSTER: config.name, LABEL_SETTINGS: self.settings_hash(image_id)},
+            mode=docker.types.ServiceMode("replicated", replicas=count),
+            update_config=docker.types.UpdateConfig(parallelism=config.max_surge, order="start-first",
+                                                    failure_action="rollback"),
+            endpoint_spec={"Ports": [{"Protocol": "tcp", "TargetPort": config.container_port,
+                                      "PublishMode": "host"}]})
+
+    def _update_service(self, change) -> None:
+        """Send back the service's *stored* spec with `change` applied: Service.update() would
+        fill in defaults and replace every running task. A stale version is retried once."""
+        for attempt in (1, 2):
+            current = self._inspect_service()
+            spec = current["Spec"]
+            change(spec)
+            try:
+                self.api.update_service(
+                    current["ID"], current["Version"]["Index"], task_template=spec["TaskTemplate"],
+                    name=spec["Name"], labels=spec.get("Labels"), mode=spec["Mode"],
+                    update_config=spec.get("UpdateConfig"), rollback_config=spec.get("RollbackConfig"),
+                    networks=spec.get("TaskTemplate", {}).get("Networks"),
+                    endpoint_spec=spec.get("EndpointSpec"), fetch_current_spec=False)
+                return
+            except docker.errors.APIError as e:
+                if attempt == 2 or "out of sequence" not in _explain(e):
+                    raise
+
+    def _inspect_service(self) -> dict | None:
+        try:
+            return self.api.inspect_service(self.service)
+        except docker.errors.NotFound:
+            return None
+
+    def _wait_service_gone(self, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while self._inspect_service() is not None and time.monotonic() < deadline:
+            time.sleep(TASK_WAIT_POLL)
+
+    @_engine_call("remove the swarm service")
+    def teardown(self) -> None:
+        """Remove the service: Swarm stops its tasks (SIGTERM: they finish what they have)."""
+        try:
+            self.api.remove_service(self.service)
+        except docker.errors.NotFound:
+            pass
+
+    # -- tasks -------------------------------------------------------------------------------
+
+    @_engine_call("list the service's tasks")
+    def _tasks(self, running_only: bool = True) -> list[dict]:
+        filters = {"service": self.service}
+        if running_only:
+            filters["desired-state"] = "running"
+        try:
+            return self.api.tasks(filters=filters)
+        except docker.errors.NotFound:
+            return []
+
+    def list_instances(self, image_id: str) -> list[Instance]:
+        """The running tasks (those still being placed are Swarm's business: start waits)."""
+        return [self._instance(task, image_id) for task in self._tasks()
+                if task.get("Slot") and task["Status"]["State"] == "running"]
+
+    def start(self, slot: int, image_id: str) -> Instance:
+        """Swarm starts the tasks: wait until the slot has a running task with a port (nmc's
+        own check then decides when it joins the rotation)."""
+        deadline = time.monotonic() + self.config.start_timeout
+        while True:
+            for task in self._tasks():
+                if task.get("Slot") == slot and task["Status"]["State"] == "running" \
+                        and self._address(task) is not None:
+                    return self._instance(task, image_id)
+            if time.monotonic() >= deadline:
+                raise EngineError(f"Swarm placed no running task in slot {slot} of service "
+                                  f"{self.service} within {self.config.start_timeout:g}s")
+            time.sleep(TASK_WAIT_POLL)
+
+    @_engine_call("inspect a task")
+    def inspect(self, instance_id: str) -> Instance | None:
+        try:
+            return self._instance(self.api.inspect_task(instance_id))
+        except docker.errors.NotFound:
+            return None
+
+    def remove(self, instance_id: str, grace: float) -> None:
+        """Swarm removes tasks itself (a scale-down, an update, the service removed); a task
+        that nmc gives up on while it still runs (hung) has its container stopped, when it is
+        on this engine, and Swarm replaces it."""
+        found = self.inspect(instance_id)
+        container = self._container_of(instance_id)
+        if found is not None and found.problem is None and container \
+                and self.engine.inspect(container) is not None:
+            self.engine.remove(container, stop_timeout=grace)
+        self._addresses.pop(instance_id, None)
+        self._tasks_seen.pop(instance_id, None)
+
+    def events(self) -> "TaskEvents":
+        return TaskEvents(self)
+
+    def tail_logs(self, instance_id: str, lines: int) -> list[str]:
+        container = self._container_of(instance_id)
+        return self.engine.tail_logs(container, lines) if container else []
+
+    def follow_logs(self, instance_id: str, since: float | None = None):
+        container = self._container_of(instance_id)
+        return self.engine.follow_logs(container, since) if container else iter(())
+
+    def close(self) -> None:
+        self.engine.close()
+
+    # -- from Swarm's words to nmc's ---------------------------------------------------------
+
+    def _container_of(self, task_id: str) -> str | None:
+        task = self._tasks_seen.get(task_id) or {}
+        return task.get("Status", {}).get("ContainerStatus", {}).get("ContainerID")
+
+    def _node_address(self, node_id: str) -> str | None:
+        if node_id not in self._nodes:
+            try:
+                self._nodes[node_id] = self.api.inspect_node(node_id)["Status"]["Addr"]
+            except docker.errors.APIError:
+                return None
+        return self._nodes[node_id]
+
+    def _address(self, task: dict) -> Address | None:
+        """Where the task answers. Remembered by task id: its port vanishes from PortStatus
+        about 0.2 s after Swarm decides to stop it, while it still serves."""
+        ports = [p for p in (task["Status"].get("PortStatus") or {}).get("Ports") or ()
+                 if p.get("TargetPort") == self.config.container_port and p.get("PublishedPort")]
+        host = self._node_address(task.get("NodeID", "")) if task.get("NodeID") else None
+        if ports and host:
+            # Engine 20.10 may give IPv4 and IPv6 two ports (moby#42442): the first is IPv4's
+            self._addresses.setdefault(task["ID"], Address(host, ports[0]["PublishedPort"]))
+        return self._addresses.get(task["ID"])
+
+    def _instance(self, task: dict, image_id: str | None = None) -> Instance:
+        self._tasks_seen[task["ID"]] = task
+        status = task["Status"]
+        state, desired = status["State"], task.get("DesiredState", "running")
+        spec_image = task["Spec"]["ContainerSpec"].get("Labels", {}).get(LABEL_IMAGE, "")
+        problem = None
+        if desired != "running":
+            problem = f"task is being stopped by Swarm (desired state {desired})"
+        elif state != "running":
+            problem = f"task is {state}" + (f": {status['Err']}" if status.get("Err") else "")
+        code = status.get("ContainerStatus", {}).get("ExitCode") if state in STOPPED_STATES else None
+        return Instance(id=task["ID"], name=self.slot_name(task.get("Slot") or 0),
+                        image_id=spec_image, address=self._address(task), problem=problem,
+                        exit_code=code,
+                        adoptable=problem is None and (image_id is None or spec_image == image_id),
+                        stopped_from_outside=desired != "running")
+
+
+class TaskEvents:
+    """The service's tasks, polled every POLL seconds, as nmc's Events: a task Swarm decides to
+    stop (its desired state leaves running: being stopped, or retired on a scale-down), one
+    that ended (exited), one that vanished (gone), a new one running (started)."""
+
+    def __init__(self, backend: SwarmBackend):
+        self.backend = backend
+        self._closed = False
+        self._seen: dict[str, dict] = {t["ID"]: t for t in backend._tasks(running_only=False)}
+
+    def __iter__(self):
+        while not self._closed:
+            time.sleep(POLL)
+            tasks = {t["ID"]: t for t in self.backend._tasks(running_only=False)}
+            for event in self._changes(self._seen, tasks):
+                yield event
+            self._seen = tasks
+
+    def _changes(self, before: dict, now: dict):
+        for task_id, task in now.items():
+            old = before.get(task_id)
+            name = self.backend.slot_name(task.get("Slot") or 0)
+            state, desired = task["Status"]["State"], task.get("DesiredState")
+            if desired != "running" and (old is None or old.get("DesiredState") == "running"):
+                happening = Happening.RETIRED if desired == "remove" else Happening.BEING_STOPPED
+                yield Event(happening, task_id, name, f"Swarm is stopping the task (desired state "
+                                                      f"{desired})")
+            if state in STOPPED_STATES and (old is None or old["Status"]["State"] not in STOPPED_STATES):
+                code = task["Status"].get("ContainerStatus", {}).get("ExitCode")
+                err = task["Status"].get("Err")
+                yield Event(Happening.EXITED, task_id, name,
+                            f"task {state}" + (f" with code {code}" if code is not None else "")
+                            + (f": {err}" if err else ""), code)
+            elif state == "running" and (old is None or old["Status"]["State"] != "running"):
+                yield Event(Happening.STARTED, task_id, name, "task started")
+        for task_id, task in before.items():
+            if task_id not in now:
+                yield Event(Happening.GONE, task_id, self.backend.slot_name(task.get("Slot") or 0),
+                            "task was removed")
+
+    def close(self) -> None:
+        self._closed = True

@@ -1,0 +1,129 @@
+"""--swarm end to end, on a one-node swarm of the test's own making: the replicas are the tasks of
+one service; nmc follows Swarm's kills, scale and adoption without a failed request.
+
+Making the engine a swarm changes the engine, so it runs only where the run owns its engine
+(CI=true or NMC_TEST_SWARM=1); the swarm is left at the end, and an engine that already was a
+swarm manager is used as it is and left one. Every service a test made is removed, pass or fail.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+import requests
+
+from conftest import Load, free_port_block, get, wait_until
+
+
+def swarm_state(docker_client) -> str:
+    return (docker_client.info().get("Swarm") or {}).get("LocalNodeState", "")
+
+
+@pytest.fixture(scope="module")
+def one_node_swarm(docker_client):
+    if os.environ.get("CI") != "true" and os.environ.get("NMC_TEST_SWARM") != "1":
+        pytest.skip("makes the Docker engine a swarm: only where the run owns it (CI=true or "
+                    "NMC_TEST_SWARM=1)")
+    made = swarm_state(docker_client) == "inactive"
+    if made:
+        subprocess.run(["docker", "swarm", "init", "--advertise-addr", "127.0.0.1"], check=True,
+                       capture_output=True)
+    yield
+    if made:
+        subprocess.run(["docker", "swarm", "leave", "--force"], capture_output=True)
+
+
+@pytest.fixture
+def service_removed(docker_client, cluster_name):
+    """The test's service (named after its cluster) is removed at the end, pass or fail."""
+    yield
+    subprocess.run(["docker", "service", "rm", cluster_name], capture_output=True)
+
+
+def admin(port: int, method: str, path: str, body: dict | None = None) -> dict:
+    answer = requests.request(method, f"http://127.0.0.1:{port}{path}", json=body, timeout=120)
+    assert answer.status_code == 200, answer.text
+    return answer.json()
+
+
+def tasks(cluster_name: str) -> dict[str, str]:
+    """The service's running tasks: name (service.slot) -> task id."""
+    out = subprocess.run(["docker", "service", "ps", cluster_name, "--filter",
+                          "desired-state=running", "--format", "{{.Name}} {{.ID}} {{.CurrentState}}"],
+                         capture_output=True, text=True).stdout
+    return {line.split()[0]: line.split()[1] for line in out.splitlines()
+            if line.split()[2] == "Running"}
+
+
+def test_on_an_engine_that_is_no_swarm_manager_swarm_is_one_line(run_nmc, cluster_name,
+                                                                  docker_client):
+    if swarm_state(docker_client) != "inactive":
+        pytest.skip("this engine is in a swarm already")
+    base = free_port_block(2)
+    process = run_nmc("--swarm", "--name", cluster_name, "--bind", "127.0.0.1",
+                      "--port", str(base))
+    assert process.wait_exit(60) != 0
+    errors = [line for line in process.lines if line.strip()]
+    assert errors[-1].startswith("nmc-server: error: --swarm: this Docker engine is not a swarm "
+                                 "manager"), process.log
+    assert "docker swarm init" in errors[-1]
+    assert "Traceback" not in process.log
+
+
+def test_swarm_tasks_serve_and_kills_and_scaling_fail_no_request(
+        one_node_swarm, service_removed, run_nmc, cluster_name, docker_client):
+    base = free_port_block(2)
+    url, admin_port = f"http://127.0.0.1:{base}", base + 1
+    process = run_nmc("--swarm", "--name", cluster_name, "--bind", "127.0.0.1", "--port",
+                      str(base), "--admin-port", str(admin_port), "-n", "2", "-q")
+    process.wait_serving(120)
+    assert {get(url + "/whoami").json()["replica"] for _ in range(4)} == \
+        {f"{cluster_name}.1", f"{cluster_name}.2"}
+    load = Load(url, clients=4, limit=90)
+    try:
+        victim = docker_client.containers.list(filters={
+            "label": f"com.docker.swarm.service.name={cluster_name}"})[0]
+        start = len(process.lines)
+        victim.kill()
+        process.wait_for_line(r"starting -> ready", start=start, timeout=30)
+        wait_until(lambda: admin(admin_port, "GET", "/status")["totals"]["restarts"] == 1, 30,
+                   what="Swarm's replacement counted as a restart")
+        assert admin(admin_port, "POST", "/scale", {"replicas": 3})["message"] == \
+            f"scaled from 2 to 3 replicas: started {cluster_name}.3"
+        message = admin(admin_port, "POST", "/scale", {"replicas": 1})["message"]
+        assert message.startswith("scaled from 3 to 1 replicas: removed ")
+        status = admin(admin_port, "GET", "/status")
+        assert [r["state"] for r in status["replicas"]] == ["ready"]
+        assert len(tasks(cluster_name)) == 1
+    finally:
+        load.stop()
+    assert len(load.statuses) > 100 and load.failures() == [], load.failures()[:5]
+    assert "Traceback" not in process.log
+
+
+def test_swarm_nmc_killed_and_started_again_adopts_the_service_without_restarts(
+        one_node_swarm, service_removed, run_nmc, cluster_name):
+    base = free_port_block(1)
+    args = ("--swarm", "--name", cluster_name, "--bind", "127.0.0.1", "--port", str(base), "-n", "2")
+    first = run_nmc(*args)
+    first.wait_serving(120)
+    before = tasks(cluster_name)
+    assert len(before) == 2
+    first.signal(signal.SIGKILL)
+    first.wait_exit(10)
+    second = run_nmc(*args)
+    second.wait_serving(60)
+    assert "adopting swarm service" in second.log
+    assert tasks(cluster_name) == before  # the same tasks, never restarted
+    second.signal(signal.SIGTERM)
+    assert second.wait_exit(60) == 0
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and subprocess.run(
+            ["docker", "service", "inspect", cluster_name], capture_output=True).returncode == 0:
+        time.sleep(0.2)
+    assert subprocess.run(["docker", "service", "inspect", cluster_name],
+                          capture_output=True).returncode != 0, "the service was not removed"
