@@ -119,7 +119,12 @@ class Backend(Protocol):
         the service, or change its replica count; on one host: nothing)."""
 
     def teardown(self) -> None:
-        """Remove what prepare made, once every replica is removed."""
+        """Remove what prepare made (the engine then stops its instances)."""
+
+    def roll_out(self, image: str, image_id: str, surge: int, progress) -> str:
+        """Only where the engine orchestrates: its own rolling update to `image`, `surge` at a
+        time; `progress(text)` hears how it goes; the outcome, or an EngineError when the
+        engine rolled it back."""
 
     def list_instances(self, image_id: str) -> list[Instance]:
         """Every instance the engine has for this cluster, each saying whether it can be adopted

@@ -91,10 +91,9 @@ class Changes:
         swapped and raise ChangeFailed: the replicas of the old image keep serving."""
         lifecycle = self.lifecycle
         surge = max_surge or self.config.max_surge
-        if lifecycle.backend.orchestrates:
-            raise ChangeFailed(f"rollout on an engine that rolls out by itself (--swarm) is not "
-                               f"there yet: use `docker service update --image ... {self.config.name}`")
         with self._one_at_a_time:
+            if lifecycle.backend.orchestrates:
+                return self._rollout_by_engine(image or lifecycle.image, surge)
             image = image or lifecycle.image
             new_id = lifecycle.backend.image_id(image)
             outdated = [r for r in self.in_service() if r.state not in BEING_REPLACED
@@ -120,6 +119,26 @@ class Changes:
                 raise ChangeFailed(f"rollout of {image} stopped, the replicas of {old_image} "
                                    f"keep serving: {e}") from None
             return f"rolled out {image} ({short_image(new_id)}) to {len(outdated)} replicas"
+
+    def _rollout_by_engine(self, image: str, surge: int) -> str:
+        """The engine rolls out by itself (Swarm's start-first update, rolled back by it when a
+        new instance fails); healing follows its instances as they come and go."""
+        lifecycle = self.lifecycle
+        new_id = lifecycle.backend.image_id(image)
+        if all(r.instance is not None and r.instance.image_id == new_id for r in self.in_service()):
+            return f"nothing to roll out: every replica runs {image} ({short_image(new_id)})"
+        old_image, old_id = lifecycle.image, lifecycle.image_id
+        lifecycle.image, lifecycle.image_id = image, new_id
+        log.info("rolling out %s (%s) to %d replicas, %d at a time, by the %s", image,
+                 short_image(new_id), len(self.in_service()), surge, lifecycle.backend.engine_name)
+        try:
+            outcome = lifecycle.backend.roll_out(image, new_id, surge,
+                                                 lambda text: log.info("rollout: %s", text))
+        except NmcError as e:
+            lifecycle.image, lifecycle.image_id = old_image, old_id
+            raise ChangeFailed(f"rollout of {image} stopped, the replicas of {old_image} keep "
+                               f"serving: {e}") from None
+        return f"rolled out {image} ({short_image(new_id)}) to {len(self.in_service())} replicas: {outcome}"
 
     def _roll_back(self, swapped: list[Replica]) -> None:
         for new in swapped:  # one at a time: the cluster never shrinks meanwhile

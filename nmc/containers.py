@@ -451,6 +451,8 @@ class ContainerBackend:
             problem = f"container exited with code {info.exit_code}"
         elif not info.running:
             problem = f"container is {info.status}"
+        elif info.id in self._stopped_from_outside:  # it may answer while it finishes
+            problem = "container is being stopped"
         else:
             problem = None
         return Instance(id=info.id, name=info.name, image_id=info.image_id,

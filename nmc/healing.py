@@ -129,7 +129,9 @@ class Healing:
         if replica.state not in WATCHED or self.lifecycle.stopping:
             return  # replaced, removed or stopping meanwhile
         replica.health.add(result.ok)
-        if not result.ok:
+        # A failing replica may be dead, and one about to come back may be answering only while
+        # it is being stopped (docker stop, Swarm's update): ask the engine before either.
+        if not result.ok or replica.state is State.DOWN:
             dead = self._problem(replica)
             if dead:  # no use waiting for more checks: it will not come back
                 self.replace(replica, dead)
@@ -179,11 +181,13 @@ class Healing:
         # until it serves again, nmc stops, or a scale-down retires it meanwhile
         while not self.lifecycle.stopping and replica.state in BEING_REPLACED:
             try:
+                old_image = replica.instance.image_id if replica.instance else None
                 if replica.instance:
                     self.backend.remove(replica.instance_id, grace=1)
                     replica.serve_with(None)
                 self.lifecycle.start(replica)
-                replica.restarts += 1
+                if replica.instance.image_id == old_image or old_image is None:
+                    replica.restarts += 1  # (not a rollout's new image, on an engine that rolls out)
                 self.engine_back()  # it answered: whatever was lost is back
                 return
             except NmcError as e:

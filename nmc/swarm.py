@@ -27,11 +27,17 @@ LABEL_IMAGE = "nmc.image"  # on each task's container spec: the image id it runs
 POLL = 0.1                 # seconds between looks at the service's tasks
 TASK_WAIT_POLL = 0.1       # seconds between looks for a slot's task while it is placed
 SLOT_NAME = "{{.Service.Name}}.{{.Task.Slot}}"  # Swarm's template: a task's hostname, as slot_name
+UPDATE_MONITOR_NS = 2_000_000_000  # Swarm watches each updated task this long for a failure
+ROLLOUT_WAIT = 600  # seconds a rollout may take at most
 STOPPED_STATES = {"complete", "failed", "shutdown", "rejected", "orphaned", "remove"}
 
 
 class NotAManager(EngineError):
     """--swarm on an engine that is not a swarm manager."""
+
+
+class RolledBack(EngineError):
+    """Swarm rolled a rollout back (a new task failed), or it did not finish in time."""
 
 
 class SwarmBackend:
@@ -105,14 +111,58 @@ class SwarmBackend:
                 env=[f"NMC_REPLICA={SLOT_NAME}"]
                 + [f"{k}={v}" for k, v in config.replica_env.items()]),
             restart_policy=docker.types.RestartPolicy(condition="any", delay=0))
+        template["ContainerSpec"]["Healthcheck"] = self._healthcheck()
         self.api.create_service(
             template, name=self.service,
             labels={LABEL_CLUSTER: config.name, LABEL_SETTINGS: self.settings_hash(image_id)},
             mode=docker.types.ServiceMode("replicated", replicas=count),
             update_config=docker.types.UpdateConfig(parallelism=config.max_surge, order="start-first",
-                                                    failure_action="rollback"),
+                                                    failure_action="rollback",
+                                                    monitor=UPDATE_MONITOR_NS),
+            rollback_config=docker.types.RollbackConfig(parallelism=config.max_surge,
+                                                        order="start-first"),
             endpoint_spec={"Ports": [{"Protocol": "tcp", "TargetPort": config.container_port,
                                       "PublishMode": "host"}]})
+
+    def _healthcheck(self) -> dict:
+        """The container's own check of --health-path, with the image's node: Swarm counts a
+        task as running only once it passes, so a rollout of an image that never answers is
+        rolled back by Swarm before it gets a request."""
+        probe = ("require('http').get({host: '127.0.0.1', port: process.env.PORT, path: "
+                 f"{json.dumps(self.config.health_path)}, timeout: 2000}}, r => process.exit("
+                 "r.statusCode >= 200 && r.statusCode < 300 ? 0 : 1)).on('error', () => "
+                 "process.exit(1))")
+        second = 1_000_000_000
+        return {"Test": ["CMD", "node", "-e", probe], "Interval": second // 2,
+                "Timeout": 2 * second, "Retries": 3, "StartPeriod": int(self.config.start_timeout * second)}
+
+    @_engine_call("roll out a new image to the swarm service")
+    def roll_out(self, image: str, image_id: str, surge: int, progress) -> str:
+        """Swarm's own rolling update, start-first, `surge` tasks at a time, rolled back by
+        Swarm when a new task fails; `progress(text)` hears each new word of its UpdateStatus.
+        The outcome, in one line; RollbackDone when Swarm rolled back."""
+        def change(spec: dict) -> None:
+            container = spec["TaskTemplate"]["ContainerSpec"]
+            container["Image"] = image
+            container.setdefault("Labels", {})[LABEL_IMAGE] = image_id
+            spec.setdefault("Labels", {})[LABEL_SETTINGS] = self.settings_hash(image_id)
+            spec.setdefault("UpdateConfig", {})["Parallelism"] = surge
+
+        self._update_service(change)
+        deadline = time.monotonic() + ROLLOUT_WAIT
+        said = None
+        while time.monotonic() < deadline:
+            status = (self._inspect_service() or {}).get("UpdateStatus") or {}
+            word = (status.get("State"), status.get("Message"))
+            if word != said and word[0]:
+                said = word
+                progress(f"{word[0]}: {word[1] or ''}".rstrip(": "))
+            if word[0] == "completed":
+                return word[1] or "update completed"
+            if word[0] in ("rollback_completed", "rollback_paused", "paused"):
+                raise RolledBack(f"Swarm rolled the service back ({word[0]}): {word[1]}")
+            time.sleep(TASK_WAIT_POLL)
+        raise RolledBack(f"the rollout did not finish within {ROLLOUT_WAIT:g}s")
 
     def _update_service(self, change) -> None:
         """Send back the service's *stored* spec with `change` applied: Service.update() would

@@ -127,3 +127,36 @@ def test_swarm_nmc_killed_and_started_again_adopts_the_service_without_restarts(
         time.sleep(0.2)
     assert subprocess.run(["docker", "service", "inspect", cluster_name],
                           capture_output=True).returncode != 0, "the service was not removed"
+
+
+def test_swarm_rollout_and_the_automatic_rollback_of_an_image_that_never_answers_fail_no_request(
+        one_node_swarm, service_removed, run_nmc, cluster_name, scratch_images, docker_client):
+    from conftest import build_on_site_image
+
+    good, bad = f"{cluster_name}-v2", f"{cluster_name}-bad"
+    scratch_images.extend([good, bad])
+    good_id = build_on_site_image(docker_client, good, "LABEL nmct.version=2",
+                                  labels={"nmct.owner": cluster_name})
+    build_on_site_image(docker_client, bad, 'CMD ["node", "-e", "setInterval(() => {}, 1000)"]',
+                        labels={"nmct.owner": cluster_name})
+    base = free_port_block(2)
+    url, admin_port = f"http://127.0.0.1:{base}", base + 1
+    process = run_nmc("--swarm", "--name", cluster_name, "--bind", "127.0.0.1", "--port",
+                      str(base), "--admin-port", str(admin_port), "-n", "2", "-q",
+                      "--start-timeout", "3")
+    process.wait_serving(120)
+    load = Load(url, clients=4, limit=150)
+    try:
+        message = admin(admin_port, "POST", "/rollout", {"image": good})["message"]
+        assert message.startswith(f"rolled out {good} ({good_id.split(':')[1][:12]}) to 2 replicas")
+        answer = requests.post(f"http://127.0.0.1:{admin_port}/rollout", json={"image": bad},
+                               timeout=300)
+        assert answer.status_code == 409, answer.text
+        assert "Swarm rolled the service back" in answer.json()["error"]
+        status = admin(admin_port, "GET", "/status")
+        assert {r["image_id"] for r in status["replicas"]} == {good_id}
+        assert [r["state"] for r in status["replicas"]] == ["ready", "ready"]
+    finally:
+        load.stop()
+    assert len(load.statuses) > 100 and load.failures() == [], load.failures()[:5]
+    process.wait_for_line(r"rollout: rollback_completed")
