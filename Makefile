@@ -33,6 +33,19 @@ CHAOS_ARGS ?=
 chaos: venv nodejs
 	$(PY) scripts/chaos.py $(CHAOS_ARGS)
 
+## a swarm of three nodes on this machine, for real (as root): three dockerds, each in a network
+## namespace of its own on the bridge nmclab0 (10.213.0.0/24), make one swarm; a service of 6 tasks
+## spreads over them and answers; node 3's dockerd is killed and its tasks answer again on the
+## others; a report in bench/results/; then everything is removed, also on a failure or Ctrl-C
+## (~45 s). To keep the lab up: scripts/swarm_lab.py up (then status, demo, down)
+.PHONY: swarm-lab
+swarm-lab: nodejs
+	@trap 'true' INT TERM; status=0; \
+	$(PYTHON) scripts/swarm_lab.py up && $(PYTHON) scripts/swarm_lab.py status && \
+	$(PYTHON) scripts/swarm_lab.py demo || status=$$?; \
+	$(PYTHON) scripts/swarm_lab.py down || status=$$?; \
+	exit $$status
+
 ## build the site image (nodejs.org); OFFLINE=1 skips the registry
 nodejs: docker
 	@IMAGE=$(IMAGE) nodejs/build-image.sh >/dev/null
