@@ -39,11 +39,16 @@ chaos: venv nodejs
 ## others; a report in bench/results/; then everything is removed, also on a failure or Ctrl-C
 ## (~45 s). To keep the lab up: scripts/swarm_lab.py up (then status, demo, down)
 .PHONY: swarm-lab
-swarm-lab: nodejs
+## Then, on a lab made again, nmc --swarm -n 6 relays to its tasks under load while node 3 dies.
+swarm-lab: venv nodejs
 	@trap 'true' INT TERM; status=0; \
 	$(PYTHON) scripts/swarm_lab.py up && $(PYTHON) scripts/swarm_lab.py status && \
 	$(PYTHON) scripts/swarm_lab.py demo || status=$$?; \
 	$(PYTHON) scripts/swarm_lab.py down || status=$$?; \
+	if [ $$status = 0 ]; then \
+	  $(PYTHON) scripts/swarm_lab.py up && $(PYTHON) scripts/swarm_lab_nmc.py || status=$$?; \
+	  $(PYTHON) scripts/swarm_lab.py down || status=$$?; \
+	fi; \
 	exit $$status
 
 ## build the site image (nodejs.org); OFFLINE=1 skips the registry

@@ -86,3 +86,33 @@ def test_swarm_lab_moves_a_dead_nodes_tasks_and_leaves_nothing(tmp_path):
                           timeout=30).returncode == 0
     # down again: nothing to do, no error
     assert swarm_lab("down", timeout=120).returncode == 0
+
+
+def test_nmc_on_the_swarm_lab_relays_to_every_node_and_fails_no_request_when_one_dies(tmp_path):
+    """scripts/swarm_lab_nmc.py: nmc --swarm -n 6 on the host, through node 1's socket, under 4
+    clients; node 3's dockerd killed."""
+    if lab.lab_remains():
+        pytest.skip(f"a swarm lab is already on this machine ({', '.join(lab.lab_remains())}); "
+                    "not touching it")
+    results = tmp_path / "nmc.json"
+    try:
+        started = swarm_lab("up", timeout=400)
+        assert started.returncode == 0, started.stderr
+        ran = subprocess.run([sys.executable, str(ROOT / "scripts" / "swarm_lab_nmc.py"),
+                              "--results", str(tmp_path), "--json", str(results)],
+                             capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL)
+        print(ran.stdout, ran.stderr)
+        assert results.exists(), ran.stderr
+        r = json.loads(results.read_text())
+    finally:
+        stopped = swarm_lab("down", timeout=300)
+    names = {lab.NETNS.format(n) for n in lab.NODES}
+    assert set(r["spread_before"]) == names, r  # tasks on all three nodes ...
+    # ... and requests reaching every one ("?": a replica whose task was not listed at that moment)
+    assert names <= set(r["served_by_node_before"]), r
+    assert lab.NETNS.format(lab.KILLED_NODE) not in r["spread_after"], r
+    assert sum(r["spread_after"].values()) == 6
+    assert r["sent"] > 100 and r["failed"] == 0, r["failures"]
+    assert r["nmc_exit"] == 0 and r["service_removed"], r["nmc_log_tail"]
+    assert ran.returncode == 0, ran.stderr
+    assert stopped.returncode == 0 and lab.lab_remains() == []
