@@ -107,7 +107,8 @@ class SwarmBackend:
         config = self.config
         template = docker.types.TaskTemplate(
             docker.types.ContainerSpec(
-                config.image, hostname=SLOT_NAME, labels={LABEL_IMAGE: image_id},
+                config.image, hostname=SLOT_NAME,
+                labels={LABEL_IMAGE: image_id, LABEL_CLUSTER: config.name},
                 env=[f"NMC_REPLICA={SLOT_NAME}"]
                 + [f"{k}={v}" for k, v in config.replica_env.items()]),
             restart_policy=docker.types.RestartPolicy(condition="any", delay=0))
