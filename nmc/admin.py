@@ -160,13 +160,17 @@ class AdminApp:
 
 
 def replica_status(replica: Replica) -> dict:
-    relay = replica.relay
+    relay, instance, address = replica.relay, replica.instance, replica.address
     return {
         "name": replica.name,
+        "slot": replica.slot,
+        "node": instance.node if instance else None,
+        "address": f"{address.host}:{address.port}" if address else None,
         "port": replica.port,
         "container_id": replica.instance_id,
         "image_id": replica.instance.image_id if replica.instance else None,
         "state": replica.state.value,
+        "engine_state": instance.engine_state if instance else None,
         "since_seconds": round(time.monotonic() - replica.since, 1),
         "in_flight": relay.in_flight,
         "requests": relay.requests,
@@ -248,13 +252,17 @@ def call(admin_port: int, method: str, path: str, body: dict | None = None) -> d
 
 
 def format_status(status: dict) -> str:
-    """The status as a table, like `pm2 list` or `docker ps`."""
-    header = ("REPLICA", "PORT", "STATE", "SINCE", "CONTAINER", "IMAGE", "IN-FLIGHT", "REQUESTS",
-              "ERRORS", "RESTARTS", "LAST EXIT")
+    """The status as a table, like `pm2 list` or `docker ps`; on several machines (a swarm) each
+    replica's node, address, task and the engine's own word for its state too."""
+    spread = any(r.get("node") for r in status["replicas"])
+    header = ("REPLICA", *(("NODE", "ADDRESS") if spread else ("PORT",)), "STATE",
+              *(("SWARM STATE",) if spread else ()), "SINCE", "TASK" if spread else "CONTAINER",
+              "IMAGE", "IN-FLIGHT", "REQUESTS", "ERRORS", "RESTARTS", "LAST EXIT")
     rows = [header]
     for r in status["replicas"]:
-        rows.append((r["name"], str(r["port"]), r["state"], _duration(r["since_seconds"]),
-                     (r["container_id"] or "-")[:12],
+        where = (r["node"] or "-", r["address"] or "-") if spread else (str(r["port"]),)
+        rows.append((r["name"], *where, r["state"], *((r["engine_state"] or "-",) if spread else ()),
+                     _duration(r["since_seconds"]), (r["container_id"] or "-")[:12],
                      (r["image_id"] or "-").split(":", 1)[-1][:12],
                      str(r["in_flight"]), str(r["requests"]), str(r["errors"]), str(r["restarts"]),
                      "-" if r["last_exit_code"] is None else str(r["last_exit_code"])))

@@ -58,6 +58,9 @@ class Instance:
     exit_code: int | None = None  # when it exited
     adoptable: bool = False    # runs, in its slot, with the settings a fresh start would have
     stopped_from_outside: bool = False  # someone stopped, killed or paused it: not a crash
+    node: str | None = None    # the machine it runs on, where there are several (a swarm node)
+    engine_state: str = ""     # the engine's own words for its state ("running", "running,
+                               # desired shutdown")
 
     @property
     def short_id(self) -> str:

@@ -460,7 +460,8 @@ class ContainerBackend:
                         problem=problem, exit_code=info.exit_code if info.status in ("exited", "dead") else None,
                         adoptable=adoptable,
                         stopped_from_outside=(info.status == "paused"
-                                              or info.id in self._stopped_from_outside))
+                                              or info.id in self._stopped_from_outside),
+                        engine_state=info.status)
 
 
 class ContainerEvents:

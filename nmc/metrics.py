@@ -58,10 +58,18 @@ class ClusterCollector:
             connect_errors.add_metric([name], stats.connect_errors)
             bytes_in.add_metric([name], stats.bytes_in)
             bytes_out.add_metric([name], stats.bytes_out)
+        info = GaugeMetricFamily("nmc_replica_info", "Where each replica runs and in which state "
+                                 "(1 per replica)", labels=["replica", "slot", "node", "address",
+                                                            "state", "engine_state"])
+        for replica in replicas:
+            instance, address = replica.instance, replica.address
+            info.add_metric([replica.name, str(replica.slot), (instance and instance.node) or "",
+                             f"{address.host}:{address.port}" if address else "",
+                             replica.state.value, instance.engine_state if instance else ""], 1)
         states = GaugeMetricFamily("nmc_replicas", "Replicas by state", labels=["state"])
         for state in State:
             states.add_metric([state.value], sum(r.state is state for r in replicas))
-        yield from (requests, latency, in_flight, states, restarts, checks, connect_errors,
+        yield from (requests, latency, in_flight, states, info, restarts, checks, connect_errors,
                     bytes_in, bytes_out)
 
 

@@ -55,7 +55,7 @@ class SwarmBackend:
         self.config = config
         self.service = config.name
         self._addresses: dict[str, Address] = {}  # task id -> where it answered (see _address)
-        self._nodes: dict[str, str] = {}          # node id -> its address
+        self._nodes: dict[str, tuple[str, str]] = {}  # node id -> (its address, its hostname)
         self._tasks_seen: dict[str, dict] = {}    # task id -> Swarm's last word on it
         self._require_manager()
 
@@ -273,12 +273,14 @@ class SwarmBackend:
         task = self._tasks_seen.get(task_id) or {}
         return task.get("Status", {}).get("ContainerStatus", {}).get("ContainerID")
 
-    def _node_address(self, node_id: str) -> str | None:
+    def _node(self, node_id: str) -> tuple[str, str] | None:
+        """A node's (address, hostname), asked once."""
         if node_id not in self._nodes:
             try:
-                self._nodes[node_id] = self.api.inspect_node(node_id)["Status"]["Addr"]
+                node = self.api.inspect_node(node_id)
             except docker.errors.APIError:
                 return None
+            self._nodes[node_id] = (node["Status"]["Addr"], node["Description"]["Hostname"])
         return self._nodes[node_id]
 
     def _address(self, task: dict) -> Address | None:
@@ -286,7 +288,8 @@ class SwarmBackend:
         about 0.2 s after Swarm decides to stop it, while it still serves."""
         ports = [p for p in (task["Status"].get("PortStatus") or {}).get("Ports") or ()
                  if p.get("TargetPort") == self.config.container_port and p.get("PublishedPort")]
-        host = self._node_address(task.get("NodeID", "")) if task.get("NodeID") else None
+        node = self._node(task["NodeID"]) if task.get("NodeID") else None
+        host = node[0] if node else None
         if ports and host:
             # Engine 20.10 may give IPv4 and IPv6 two ports (moby#42442): the first is IPv4's
             self._addresses.setdefault(task["ID"], Address(host, ports[0]["PublishedPort"]))
@@ -303,11 +306,14 @@ class SwarmBackend:
         elif state != "running":
             problem = f"task is {state}" + (f": {status['Err']}" if status.get("Err") else "")
         code = status.get("ContainerStatus", {}).get("ExitCode") if state in STOPPED_STATES else None
+        node = self._node(task["NodeID"]) if task.get("NodeID") else None
         return Instance(id=task["ID"], name=self.slot_name(task.get("Slot") or 0),
                         image_id=spec_image, address=self._address(task), problem=problem,
                         exit_code=code,
                         adoptable=problem is None and (image_id is None or spec_image == image_id),
-                        stopped_from_outside=desired != "running")
+                        stopped_from_outside=desired != "running",
+                        node=node[1] if node else None,
+                        engine_state=state if desired == state else f"{state}, desired {desired}")
 
 
 class TaskEvents:

@@ -83,6 +83,14 @@ def test_swarm_tasks_serve_and_kills_and_scaling_fail_no_request(
     process.wait_serving(120)
     assert {get(url + "/whoami").json()["replica"] for _ in range(4)} == \
         {f"{cluster_name}.1", f"{cluster_name}.2"}
+    status = admin(admin_port, "GET", "/status")
+    node = docker_client.info()["Name"]
+    for replica in status["replicas"]:  # each task: slot, node, address, both words of its state
+        assert replica["name"] == f"{cluster_name}.{replica['slot']}"
+        assert replica["node"] == node and replica["address"] == f"127.0.0.1:{replica['port']}"
+        assert (replica["state"], replica["engine_state"]) == ("ready", "running")
+    metrics = requests.get(f"http://127.0.0.1:{admin_port}/metrics", timeout=10).text
+    assert f'nmc_replica_info{{address="127.0.0.1:{status["replicas"][0]["port"]}"' in metrics
     load = Load(url, clients=4, limit=90)
     try:
         victim = docker_client.containers.list(filters={
