@@ -38,6 +38,18 @@ the report gives its times, the call's answer, requests and failures by method, 
 takes about 25 s (at most CHANGES_LIMIT seconds of load); Ctrl-C cleans up as above, the image
 included.
 
+--swarm runs either mode against `nmc-server --swarm` (the engine must be a swarm manager, else
+it says so in one line and exits 2, the engine left as it is): the replicas are the tasks of the
+Swarm service named after the cluster, replica `<cluster>.<slot>`, each a container named
+`<cluster>.<slot>.<task id>` (labelled nmc.cluster as well) on an ephemeral published port. The
+chaos kills, pauses and crashes task containers; Swarm replaces a dead task itself, so the time
+to replace runs from the action until a NEW container of the same slot is running and answers
+/healthz on its own published port. --changes goes through the admin API as above (nmc drives
+Swarm: the scale is the service's replica count, a rollout Swarm's start-first update; the
+second image is on the same engine, so the one-node swarm runs it without a registry). At the
+end the service must be gone (nmc removes it on SIGTERM) and its task containers too, within
+SWARM_GONE_LIMIT seconds: what is left is a leak, and removed (the service first).
+
 Exit code: 0 when GET and PUT (idempotent) had no failure, no answer was wrong, nothing leaked
 and (--changes) every change answered and left the expected replicas; 1 otherwise; 2 bad
 options; 130 interrupted. POST failures are reported and explained but do not fail the run: a
@@ -97,6 +109,13 @@ STEADY = 3.0                 # seconds of load before the first change (--change
 SETTLE = 2.0                 # seconds of load after each change, before the next one
 CHANGES_LIMIT = 240.0        # seconds the load of --changes may last at most, changes included
 ADMIN_CONNECT = 3.0          # seconds to connect to the admin port
+LABEL_SWARM_SERVICE = "com.docker.swarm.service.name"  # on a task's container (--swarm)
+LABEL_SWARM_TASK = "com.docker.swarm.task.name"        # <service>.<slot>.<task id>
+SWARM_GONE_LIMIT = 20.0      # seconds the task containers have to go once the service is removed
+                             # (Swarm stops them: SIGTERM, 10 s of grace at most, then SIGKILL)
+SWARM_GONE_POLL = 0.2        # seconds between looks while waiting for them
+SWARM_CONVERGE_LIMIT = 20.0  # --changes --swarm: seconds after a change's answer for Swarm to stop
+                             # the tasks it retired (nmc answers once they left its rotation)
 
 
 class Interrupted(Exception):
@@ -196,6 +215,16 @@ def source_state() -> str:
     return f"commit {head or '?'}" + (f", with uncommitted changes to {', '.join(files)}" if files else "")
 
 
+def swarm_problem(client: docker.DockerClient) -> str | None:
+    """Why --swarm cannot run on this engine (it is no swarm manager), or None."""
+    swarm = client.info().get("Swarm") or {}
+    if swarm.get("LocalNodeState") == "active" and swarm.get("ControlAvailable"):
+        return None
+    return (f"--swarm: this Docker engine is not a swarm manager (swarm state "
+            f"{swarm.get('LocalNodeState') or 'unknown'}): run `docker swarm init --advertise-addr "
+            "127.0.0.1` (a one-node swarm), or point DOCKER_HOST at a manager")
+
+
 def own_cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
@@ -214,7 +243,8 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
 class Nmc:
     """./nmc_server.py in its own process group (a Ctrl-C reaches it only through us: one SIGTERM)."""
 
-    def __init__(self, name: str, port: int, base_port: int, replicas: int, admin_port: int):
+    def __init__(self, name: str, port: int, base_port: int | None, replicas: int, admin_port: int):
+        """base_port None: --swarm (Swarm picks each task's published port)."""
         self.name, self.port, self.base_port, self.replicas = name, port, base_port, replicas
         self.admin_port = admin_port  # a free one: runs must not meet on the default 3100
         self.lines: list[tuple[float, str]] = []
@@ -222,8 +252,9 @@ class Nmc:
         self.exit_code: int | None = None
         self.stop_took: float | None = None
         self.killed = False
+        where = ["--swarm"] if base_port is None else ["--base-port", str(base_port)]
         args = [sys.executable, str(ROOT / "nmc_server.py"), "--name", name, "--bind", "127.0.0.1",
-                "--port", str(port), "--base-port", str(base_port), "-n", str(replicas),
+                "--port", str(port), *where, "-n", str(replicas),
                 "--admin-port", str(admin_port), "-q"]
         self.command = " ".join(["./nmc_server.py", *args[2:]])
         self.proc = subprocess.Popen(
@@ -289,6 +320,47 @@ def cluster_containers(client: docker.DockerClient, cluster: str) -> list[dict]:
 
 def container_name(summary: dict) -> str:
     return (summary.get("Names") or ["/?"])[0].lstrip("/")
+
+
+def task_slot(summary: dict, cluster: str) -> int | None:
+    """--swarm: the slot of a task container of the service `cluster` (from its task name
+    <service>.<slot>.<task id>, else from its container name, which is the same), or None."""
+    labels = summary.get("Labels") or {}
+    if labels.get(LABEL_SWARM_SERVICE) != cluster:
+        return None
+    task = labels.get(LABEL_SWARM_TASK) or container_name(summary)
+    service, _, rest = task.partition(".")
+    slot = rest.partition(".")[0]
+    return int(slot) if service == cluster and slot.isdigit() else None
+
+
+def published_port(client: docker.DockerClient, summary: dict) -> int | None:
+    """--swarm: the host port a task container publishes (ephemeral, host mode): from the engine's
+    listing, else from the container itself (`docker port`); IPv4's first."""
+    ports = [p for p in summary.get("Ports") or () if p.get("PublicPort") and p.get("Type", "tcp") == "tcp"]
+    if not ports:
+        bindings = (client.api.inspect_container(summary["Id"]).get("NetworkSettings") or {}).get("Ports") or {}
+        ports = [{"IP": b.get("HostIp", ""), "PublicPort": int(b["HostPort"])}
+                 for key, found in bindings.items() if key.endswith("/tcp") and found
+                 for b in found if b.get("HostPort")]
+    ports.sort(key=lambda p: ":" in p.get("IP", ""))  # IPv4 first
+    return int(ports[0]["PublicPort"]) if ports else None
+
+
+def remove_service(client: docker.DockerClient, cluster: str) -> str:
+    """--swarm: remove the service `cluster` if it is still there (nmc left it): what was done,
+    "" when it was gone."""
+    try:
+        service = client.api.inspect_service(cluster)
+    except docker.errors.NotFound:
+        return ""
+    if (service.get("Spec", {}).get("Labels") or {}).get(LABEL_CLUSTER) != cluster:  # belt and braces
+        return f"left alone: it has no label {LABEL_CLUSTER}={cluster}"
+    try:
+        client.api.remove_service(service["ID"])
+    except docker.errors.NotFound:
+        pass
+    return "removed by chaos.py"
 
 
 def remove_cluster(client: docker.DockerClient, cluster: str) -> list[str]:
@@ -489,11 +561,16 @@ class Action:
 
 class Replacement(threading.Thread):
     """Measures the time from an action until a new container with the same name is running
-    and answers /healthz on its port. Polls every POLL seconds, for REPLACE_LIMIT at most."""
+    and answers /healthz on its port. Polls every POLL seconds, for REPLACE_LIMIT at most.
+    --swarm (`slot` given): a new task container of the same slot of the service `cluster`,
+    and its own published port (Swarm names it after the new task and picks a new port)."""
 
-    def __init__(self, name: str, port: int, old_id: str, since: float, stop: threading.Event):
+    def __init__(self, name: str, port: int, old_id: str, since: float, stop: threading.Event,
+                 slot: int | None = None, cluster: str = ""):
         super().__init__(name=f"measure-{name}", daemon=True)
         self.replica, self.port, self.old_id, self.since, self.halt = name, port, old_id, since, stop
+        self.slot, self.cluster = slot, cluster
+        self.superseded = ""  # swarm: a later action hit the same container before it was replaced
         self.running_after: float | None = None
         self.healthy_after: float | None = None
         self.new_id = ""
@@ -507,12 +584,16 @@ class Replacement(threading.Thread):
             session.trust_env = False
             deadline = self.since + REPLACE_LIMIT
             for _ in range(int(REPLACE_LIMIT / POLL) + 1):
-                if time.monotonic() >= deadline or self.halt.is_set():
+                if time.monotonic() >= deadline or self.halt.is_set() or self.superseded:
                     break
                 if self._poll(client, session):
                     return
                 time.sleep(POLL)
             waited = time.monotonic() - self.since
+            if self.superseded:
+                self.running_after = None
+                self.error = f"not replaced before {self.superseded} hit the same container"
+                return
             self.error = (f"not replaced when the run ended ({waited:.1f}s after)" if self.halt.is_set()
                           else f"not replaced within {min(REPLACE_LIMIT, waited):.1f}s")
         except Exception as e:  # a measurement must never take the run down
@@ -524,6 +605,8 @@ class Replacement(threading.Thread):
                 client.close()
 
     def _poll(self, client: docker.DockerClient, session: requests.Session) -> bool:
+        if self.slot is not None:
+            return self._poll_task(client, session)
         try:
             state = client.api.inspect_container(self.replica)
         except docker.errors.NotFound:
@@ -534,6 +617,25 @@ class Replacement(threading.Thread):
         if self.running_after is None or state["Id"] != self.new_id:
             self.new_id = state["Id"]
             self.running_after = time.monotonic() - self.since
+        return self._healthy(session)
+
+    def _poll_task(self, client: docker.DockerClient, session: requests.Session) -> bool:
+        new = [c for c in client.api.containers(filters={"label": f"{LABEL_CLUSTER}={self.cluster}",
+                                                         "status": "running"})
+               if c["Id"] != self.old_id and task_slot(c, self.cluster) == self.slot]
+        if not new:
+            return False
+        if self.running_after is None or all(c["Id"] != self.new_id for c in new):
+            self.new_id = new[0]["Id"]
+            self.running_after = time.monotonic() - self.since
+            self.port = 0
+        if not self.port:
+            self.port = published_port(client, next(c for c in new if c["Id"] == self.new_id)) or 0
+            if not self.port:
+                return False
+        return self._healthy(session)
+
+    def _healthy(self, session: requests.Session) -> bool:
         try:
             answer = session.get(f"http://127.0.0.1:{self.port}/healthz", timeout=0.5)
         except requests.exceptions.RequestException:
@@ -542,6 +644,12 @@ class Replacement(threading.Thread):
             return False
         self.healthy_after = time.monotonic() - self.since
         return True
+
+
+def task_slot_of_name(replica: str, cluster: str) -> int | None:
+    """--swarm: the slot of a replica named <cluster>.<slot>."""
+    slot = replica[len(cluster) + 1:] if replica.startswith(cluster + ".") else ""
+    return int(slot) if slot.isdigit() else None
 
 
 def make_schedule(seed: int, duration: float, every: float, ports: list[int]) -> list[Action]:
@@ -570,23 +678,45 @@ def make_schedule(seed: int, duration: float, every: float, ports: list[int]) ->
 
 
 class Chaos:
-    def __init__(self, client: docker.DockerClient, cluster: str, ports: list[int], load: Load):
+    """ports: the replicas' ports (one host), or with swarm the service's slots; an action's
+    `port` is one of them."""
+
+    def __init__(self, client: docker.DockerClient, cluster: str, ports: list[int], load: Load,
+                 swarm: bool = False):
         self.client, self.cluster, self.ports, self.load = client, cluster, ports, load
+        self.swarm = swarm
         self.halt = threading.Event()          # stops the measurements
         self.paused: Action | None = None
         self.measures: list[Replacement] = []
 
     def running(self) -> dict[int, dict]:
-        """port -> summary of the running container serving it."""
+        """port (swarm: slot) -> summary of the running container serving it."""
         by_port = {}
         for summary in cluster_containers(self.client, self.cluster):
             if summary.get("State") != "running":
+                continue
+            if self.swarm:
+                slot = task_slot(summary, self.cluster)
+                if slot is not None:
+                    by_port[slot] = summary
                 continue
             try:
                 by_port[int(summary.get("Labels", {}).get(LABEL_PORT, ""))] = summary
             except ValueError:
                 pass
         return by_port
+
+    def victim_port(self, action: Action, victim: dict) -> int:
+        """Names the action's replica and container; the victim's port (swarm: published)."""
+        action.container = victim["Id"][:12]
+        if not self.swarm:
+            action.name = container_name(victim)
+            return int(victim["Labels"][LABEL_PORT])  # the replica's published port, as nmc labels it
+        action.name = f"{self.cluster}.{task_slot(victim, self.cluster)}"
+        for measure in self.measures:  # its replacement, if any now, is this action's
+            if measure.old_id == victim["Id"] and measure.is_alive():
+                measure.superseded = f"{action.what} #{action.number} ({time.monotonic() - self.load.began:.1f} s)"
+        return published_port(self.client, victim) or 0
 
     def target(self, action: Action) -> dict | None:
         """The running container of the preferred replica, else of the next one in port order."""
@@ -596,7 +726,8 @@ class Chaos:
             port = self.ports[(start + step) % len(self.ports)]
             if port in running:
                 if step:
-                    action.outcome = f"(preferred port {action.port} had no running container) "
+                    action.outcome = (f"(preferred {'slot' if self.swarm else 'port'} {action.port} "
+                                      "had no running container) ")
                 return running[port]
         return None
 
@@ -609,7 +740,8 @@ class Chaos:
         log(f"t={action.ran_at:5.1f}s {action.what} #{action.number} {action.name or '-'}: {action.outcome}")
 
     def _measure(self, action: Action, port: int, old_id: str, since: float) -> None:
-        action.measure = Replacement(action.name, port, old_id, since, self.halt)
+        slot = task_slot_of_name(action.name, self.cluster) if self.swarm else None
+        action.measure = Replacement(action.name, port, old_id, since, self.halt, slot, self.cluster)
         self.measures.append(action.measure)
         action.measure.start()
 
@@ -618,8 +750,7 @@ class Chaos:
         if victim is None:
             action.outcome += "skipped: no replica is running"
             return
-        action.name, action.container = container_name(victim), victim["Id"][:12]
-        port = int(victim["Labels"][LABEL_PORT])
+        port = self.victim_port(action, victim)
         began = time.monotonic()
         self.client.api.kill(victim["Id"])  # SIGKILL
         action.call_took = time.monotonic() - began
@@ -631,8 +762,7 @@ class Chaos:
         if victim is None:
             action.outcome += "skipped: no replica is running"
             return
-        action.name, action.container = container_name(victim), victim["Id"][:12]
-        port = int(victim["Labels"][LABEL_PORT])
+        port = self.victim_port(action, victim)
         began = time.monotonic()
         self.client.api.pause(victim["Id"])
         action.call_took = time.monotonic() - began
@@ -663,8 +793,7 @@ class Chaos:
         if victim is None:
             action.outcome += "skipped: no replica is running"
             return
-        action.name, action.container = container_name(victim), victim["Id"][:12]
-        port = int(victim["Labels"][LABEL_PORT])  # the replica's published port, as nmc labels it
+        port = self.victim_port(action, victim)
         began = time.monotonic()
         try:
             answer = requests.get(f"http://127.0.0.1:{port}/crash", timeout=5)
@@ -706,6 +835,7 @@ class Change:
     before: list = field(default_factory=list)   # [(name, container id, image id)], running ones
     after: list = field(default_factory=list)
     check: str = ""                 # what differs from what it should leave; "" when nothing
+    converged: float | None = None  # --swarm: when the replicas were as expected (t), if after the answer
 
     @property
     def took(self) -> float | None:
@@ -794,6 +924,22 @@ class Changes:
         return (f"expected {change.replicas} replica(s) of {change.image} ({want}), found "
                 f"{describe_replicas(change.after)}")
 
+    def converge(self, change: Change, began: float) -> None:
+        """--swarm: nmc answers a change once its rotation is as asked; Swarm stops the tasks it
+        retired (a scale-down, an update's old tasks) a moment later: wait for the replicas to be
+        as expected, SWARM_CONVERGE_LIMIT seconds at most (what is left then fails the check)."""
+        deadline = time.monotonic() + SWARM_CONVERGE_LIMIT
+        for _ in range(int(SWARM_CONVERGE_LIMIT / SWARM_GONE_POLL) + 1):
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(SWARM_GONE_POLL)
+            change.after = self.replicas()
+            change.check = self.check(change)
+            if not change.check:
+                change.converged = time.monotonic() - began
+                return
+        change.check += f" (still, {SWARM_CONVERGE_LIMIT:g} s after the answer)"
+
     def close(self) -> None:
         self.session.close()
 
@@ -829,6 +975,7 @@ class Run:
     source: str = ""
     leaked: list[str] = field(default_factory=list)
     leak_checked: bool = False
+    service_left: str = ""                                 # --swarm: nmc left its service: what was done
     interrupted: str = ""
     error: str = ""
 
@@ -932,6 +1079,8 @@ def verdict(run: Run) -> tuple[int, list[str]]:
             reasons.append(f"{wrong} wrong POST answer(s)")
     if run.leaked:
         reasons.append(f"{len(run.leaked)} leaked container(s)")
+    if run.service_left:
+        reasons.append(f"the swarm service {run.cluster} was left ({run.service_left})")
     if not run.leak_checked:
         reasons.append("could not check for leaked containers")
     if run.args.changes and not run.error and not run.interrupted:
@@ -953,21 +1102,29 @@ def report(run: Run) -> str:
     add = out.append
     took = time.monotonic() - run.began
     args = run.args
-    add(f"# nmc chaos run {run.began_wall:%Y-%m-%d %H:%M:%S} UTC")
+    mode = ""
+    if args.swarm:
+        mode = f" on a swarm (--swarm{', --changes' if args.changes else ''})"
+    add(f"# nmc chaos run{mode} {run.began_wall:%Y-%m-%d %H:%M:%S} UTC")
     add("")
     add(f"**{'PASS' if code == 0 else 'FAIL'}**" + (f": {'; '.join(reasons)}" if reasons else
         ": GET and PUT had no failure, every answer was right, nothing leaked"
         + (", every change was made" if args.changes else "")))
     add("")
+    swarm = " --swarm" if args.swarm else ""
+    if args.swarm:
+        add(f"- mode: **swarm**: the replicas are the tasks of the Docker Swarm service `{run.cluster}` "
+            "(one per slot, replica `<service>.<slot>`, container `<service>.<slot>.<task id>`, an "
+            "ephemeral published port each); Swarm replaces a dead task itself")
     if args.changes:
         add(f"- cluster `{run.cluster}`: live changes through the admin API (scale 2 → 6 → 1 → 2, "
             f"rollout to `{run.derived or '?'}` and back to `{SITE_IMAGE}` with max_surge 2) under "
-            f"{args.clients} clients, seed {run.seed} (repeat: `make chaos CHAOS_ARGS=\"--changes "
+            f"{args.clients} clients, seed {run.seed} (repeat: `make chaos CHAOS_ARGS=\"--changes{swarm} "
             f"--seed {run.seed}" + (f" --clients {args.clients}" if args.clients != 32 else "") + "\"`)")
     else:
         add(f"- cluster `{run.cluster}`: {args.replicas} replicas, {args.clients} clients, "
             f"{args.duration:g} s of load, a kill every {args.kill_every:g} s, seed {run.seed} "
-            f"(repeat: `make chaos CHAOS_ARGS=\"--seed {run.seed}"
+            f"(repeat: `make chaos CHAOS_ARGS=\"{'--swarm ' if args.swarm else ''}--seed {run.seed}"
             + (f" --replicas {args.replicas}" if args.replicas != 3 else "")
             + (f" --duration {args.duration:g}" if args.duration != 30 else "")
             + (f" --clients {args.clients}" if args.clients != 32 else "") + "\"`)")
@@ -980,6 +1137,12 @@ def report(run: Run) -> str:
             f"(in {run.nmc.stop_took or 0:.1f} s{', after a SIGKILL' if run.nmc.killed else ''})")
     add(f"- **leaked containers: {len(run.leaked) if run.leak_checked else 'unknown'}**"
         + (f" ({', '.join(run.leaked)}; removed)" if run.leaked else ""))
+    if args.swarm:
+        gone = run.phases.get("task containers gone")
+        add("- swarm service: " + (f"**left after nmc exited ({run.service_left})**" if run.service_left else
+                                   "gone when nmc exited" if run.leak_checked else "**unknown**")
+            + (f"; its task containers gone {gone:.1f} s after nmc exited" if gone is not None
+               and not run.leaked else ""))
     if args.changes:
         add(f"- image built for the rollout: removed {', '.join(run.images_removed) or 'nothing'}"
             + (f"; {run.image_error}" if run.image_error else ""))
@@ -1087,7 +1250,7 @@ def events_in(run: Run, second: int) -> str:
             if change.answered is not None and int(change.answered) == second:
                 events.append(f"{index}. answered" + (" (error)" if change.error else ""))
         return ", ".join(events)
-    return ", ".join(f"{a.what} {a.name.rsplit('-', 1)[-1]}" for a in run.actions
+    return ", ".join(f"{a.what} {a.name.rsplit('.' if run.args.swarm else '-', 1)[-1]}" for a in run.actions
                      if a.ran_at is not None and int(a.ran_at) == second and a.name)
 
 
@@ -1096,11 +1259,15 @@ def report_changes(run: Run, add) -> None:
     add("## Live changes, phase by phase")
     add("")
     add("A phase lasts from its call to the admin port until the next call (sent "
-        f"{SETTLE:g} s after the answer), the last one until the load stopped; t = seconds since "
+        f"{SETTLE:g} s after the answer{', or after Swarm had stopped what it retired' if run.args.swarm else ''}"
+        "), the last one until the load stopped; t = seconds since "
         "the load began. A request counts as sent (and in p99, max) in the phase it was sent in, "
         "a failure in the phase it failed in (the change under way is its likely cause); each "
         "adds up to the totals above. Replicas: the cluster's running containers by image id, "
-        "right after the call answered.")
+        "right after the call answered" + (
+            " (--swarm: or, when Swarm had not stopped the tasks it retired yet, once it had: "
+            f"waited for {SWARM_CONVERGE_LIMIT:g} s at most, the time is given below)" if run.args.swarm else "")
+        + ".")
     add("")
     add("| # | phase | from t | call took | to t | sent GET / POST / PUT | failed GET | failed POST "
         "| failed PUT | p99 | max | replicas after |")
@@ -1152,6 +1319,8 @@ def report_changes(run: Run, add) -> None:
             add(f"  - replicas before: {replica_list(change.before)}")
         if change.answered is not None or not change.path:
             add(f"  - replicas after: {replica_list(change.after)}"
+                + (f" (once Swarm had stopped the tasks it retired, {change.converged - change.answered:.2f} s "
+                   f"after the answer, t={change.converged:.2f} s)" if change.converged is not None else "")
                 + (f" — **{change.check}**" if change.check else
                    f" — as expected ({change.replicas} of {change.image})" if change.after else ""))
         if totals is not None:
@@ -1191,15 +1360,28 @@ def clock(began_wall: datetime | None, at: float | None) -> str:
 
 
 def replica_list(replicas: list) -> str:
-    return ", ".join(f"{name.rsplit('-', 1)[-1]} ({cid}, image {image})" for name, cid, image in replicas) or "none"
+    """'1 (id, image i), ...'; a swarm task container <service>.<slot>.<task id> as '<slot>.<task id>'."""
+    return ", ".join(f"{short_name(name)} ({cid}, image {image})" for name, cid, image in replicas) or "none"
+
+
+def short_name(name: str) -> str:
+    if "." in name:  # a swarm task's container (cluster names have no dot)
+        slot, _, task = name.split(".", 1)[1].partition(".")
+        return f"{slot}.{task[:12]}" if task else slot
+    return name.rsplit('-', 1)[-1]
 
 
 def report_chaos(run: Run, add) -> None:
     add("")
     add("## Chaos and time to replace")
     add("")
-    add("Time to replace: from the kill (pause, crash) until a new container with the same name is "
-        f"running, and until it answers /healthz on its port (polled every {POLL * 1000:.0f} ms).")
+    if run.args.swarm:
+        add("Time to replace: from the kill (pause, crash) until a new task container of the same slot "
+            "(Swarm's replacement, `<service>.<slot>.<new task id>`) is running, and until it answers "
+            f"/healthz on its own published port (polled every {POLL * 1000:.0f} ms).")
+    else:
+        add("Time to replace: from the kill (pause, crash) until a new container with the same name is "
+            f"running, and until it answers /healthz on its port (polled every {POLL * 1000:.0f} ms).")
     add("")
     add("| # | t | replica | container | outcome | call took | running after | healthy after "
         "| failures until the next action |")
@@ -1210,6 +1392,8 @@ def report_chaos(run: Run, add) -> None:
             continue
         measure = action.measure
         running = ms(measure.running_after) if measure else ""
+        if measure and run.args.swarm and measure.new_id:
+            running += f" ({measure.new_id[:12]})"  # Swarm's new task container
         healthy = (ms(measure.healthy_after) if measure and measure.healthy_after is not None
                    else (measure.error if measure else ""))
         add(f"| {action.what} #{action.number} | {action.ran_at:.1f} s | {action.name or '-'} "
@@ -1258,6 +1442,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--changes", action="store_true", help="instead of the chaos, live changes "
                         "through the admin API: scale 2 -> 6 -> 1 -> 2, a rollout to a second image "
                         "and back (max_surge 2); failures per phase")
+    parser.add_argument("--swarm", action="store_true", help="run nmc with --swarm: the replicas "
+                        "are the tasks of a Docker Swarm service (the engine must be a swarm manager)")
     args = parser.parse_args(argv)
     if args.changes:
         given = [name for name, value in (("--replicas", args.replicas), ("--duration", args.duration),
@@ -1320,6 +1506,19 @@ def main(argv: list[str] | None = None) -> int:
     run.cluster = f"nmc-chaos-{uuid.uuid4().hex[:8]}"
     run.source = source_state()
     client = None
+    if args.swarm:  # before anything is made: nothing to clean up, no report
+        probe = None
+        try:
+            probe = engine()
+            problem = swarm_problem(probe)
+        except (docker.errors.DockerException, requests.exceptions.RequestException):
+            problem = None  # said below, as without --swarm
+        finally:
+            if probe is not None:
+                probe.close()
+        if problem:
+            log(problem)
+            return 2
     try:
         try:
             client = engine()
@@ -1349,13 +1548,13 @@ def main(argv: list[str] | None = None) -> int:
                                   run.image_ids)
             _load_and_changes(run)
         else:
-            base = run.nmc.base_port
+            base = 1 if args.swarm else run.nmc.base_port  # swarm: the service's slots, from 1
             ports = list(range(base, base + args.replicas))
             run.actions = [] if args.no_chaos else make_schedule(run.seed, args.duration, args.kill_every, ports)
             log(f"seed {run.seed}: {sum(a.what == 'kill' for a in run.actions)} kills, "
                 + ", ".join(f"{a.what} at {a.at:g}s" for a in run.actions if a.what != "kill"))
             run.load = Load(f"http://127.0.0.1:{run.nmc.port}", args.clients, run.seed, args.timeout)
-            run.chaos = Chaos(client, run.cluster, ports, run.load)
+            run.chaos = Chaos(client, run.cluster, ports, run.load, args.swarm)
             _load_and_chaos(run)
     except Interrupted as e:
         run.interrupted = str(e)
@@ -1387,16 +1586,19 @@ def main(argv: list[str] | None = None) -> int:
 def _start_nmc(run: Run) -> float:
     began = time.monotonic()
     # --changes grows the cluster to 6 replicas, on the lowest free ports from the base port on
-    span = CHANGES_PORTS if run.args.changes else run.args.replicas
+    # (--swarm: none, Swarm publishes each task on an ephemeral port of its own)
+    span = 0 if run.args.swarm else CHANGES_PORTS if run.args.changes else run.args.replicas
     for attempt in range(3):  # a free port can be taken between our probe and nmc's bind
-        base = free_ports(span)
-        port = free_ports(1, set(range(base, base + span)))
-        admin_port = free_ports(1, set(range(base, base + span)) | {port})
+        base = free_ports(span) if span else None
+        kept = set(range(base, base + span)) if span else set()
+        port = free_ports(1, kept)
+        admin_port = free_ports(1, kept | {port})
         run.nmc = Nmc(run.cluster, port, base, run.args.replicas, admin_port)
         log(f"starting {run.nmc.command}")
         if run.nmc.wait_serving(START_LIMIT):
-            log(f"nmc is serving on 127.0.0.1:{port} (admin port {admin_port}), replicas from {base} "
-                f"(ports up to {base + span - 1} kept free)")
+            log(f"nmc is serving on 127.0.0.1:{port} (admin port {admin_port}), "
+                + (f"tasks of the swarm service {run.cluster}" if base is None else
+                   f"replicas from {base} (ports up to {base + span - 1} kept free)"))
             return time.monotonic() - began
         run.nmc.stop()
         output = run.nmc.tail()
@@ -1441,9 +1643,13 @@ def _load_and_changes(run: Run) -> None:
             change.answered = time.monotonic() - load.began
             change.after = changer.replicas()
             change.check = changer.check(change)
+            if run.args.swarm and change.check and not change.error:
+                changer.converge(change, load.began)
             last = change
             log(f"t={change.answered:5.1f}s {index}. answered after {change.took:.1f}s: "
                 f"{change.message or change.error}; replicas: {describe_replicas(change.after)}"
+                + (f" (once Swarm stopped what it retired, {change.converged - change.answered:.1f}s "
+                   "after the answer)" if change.converged is not None else "")
                 + (f"; {change.check}" if change.check else ""))
             if change.error or change.check:
                 break  # nmc may still be busy with it: what follows would measure nothing sure
@@ -1513,6 +1719,10 @@ def _clean_up(run: Run, client) -> None:
     for attempt in range(int(ENGINE_WAIT) + 1):
         try:
             client = client or engine()
+            if run.args.swarm:
+                run.leaked = swarm_leftovers(run, client)
+                run.leak_checked = True
+                break
             leaked = remove_cluster(client, run.cluster)
             time.sleep(0.5)  # a create cut short by a killed nmc can still land a moment later
             run.leaked = leaked + remove_cluster(client, run.cluster)
@@ -1539,6 +1749,23 @@ def _clean_up(run: Run, client) -> None:
         client.close()
     if run.leaked:
         log(f"leaked containers: {len(run.leaked)} ({', '.join(run.leaked)}); removed")
+
+
+def swarm_leftovers(run: Run, client: docker.DockerClient) -> list[str]:
+    """--swarm: the service must be gone (else it is removed, and noted in run.service_left),
+    then its task containers, which Swarm removes a moment later, within SWARM_GONE_LIMIT
+    seconds; those still there are leaked: force-removed and returned."""
+    began = time.monotonic()
+    run.service_left = remove_service(client, run.cluster) or run.service_left
+    if run.service_left:
+        log(f"the swarm service {run.cluster} was still there after nmc exited: {run.service_left}")
+    deadline = began + SWARM_GONE_LIMIT
+    for _ in range(int(SWARM_GONE_LIMIT / SWARM_GONE_POLL) + 1):
+        if not cluster_containers(client, run.cluster) or time.monotonic() >= deadline:
+            break
+        time.sleep(SWARM_GONE_POLL)
+    run.phases["task containers gone"] = time.monotonic() - began
+    return remove_cluster(client, run.cluster)
 
 
 if __name__ == "__main__":
