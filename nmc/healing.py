@@ -94,9 +94,12 @@ class Healing:
                 self.lifecycle.tasks.spawn(self._leave, replica, event.reason)
         elif event.happening is Happening.BEING_STOPPED:
             # out of the rotation now: no new requests while it shuts down (in-flight ones
-            # finish); its exit follows and gets it replaced
+            # finish); its exit follows and gets it replaced. An engine that replaces instances
+            # itself may have the next one up already (Swarm's start-first update): follow it now.
             if replica.state is State.READY:
                 replica.change_state(State.DOWN, event.reason)
+            if self.backend.orchestrates:
+                self.replace(replica, event.reason)
         elif event.happening is not Happening.STARTED and replica.state in WATCHED:
             # a DOWN replica too: the relay often sees the connections break before the engine
             # reports the death. STARTING ones are watched by Lifecycle.wait_ready.

@@ -12,6 +12,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import queue
+import threading
 import time
 
 import docker.errors
@@ -19,7 +21,8 @@ import docker.types
 
 from nmc.backend import Address, EngineError, Event, Happening, Instance
 from nmc.config import Config
-from nmc.containers import LABEL_CLUSTER, LABEL_SETTINGS, Engine, _engine_call, _explain
+from nmc.containers import (LABEL_CLUSTER, LABEL_SETTINGS, STOPPING_SIGNALS, Engine, _engine_call,
+                            _explain)
 
 log = logging.getLogger(__name__)
 
@@ -319,20 +322,65 @@ class SwarmBackend:
 class TaskEvents:
     """The service's tasks, polled every POLL seconds, as nmc's Events: a task Swarm decides to
     stop (its desired state leaves running: being stopped, or retired on a scale-down), one
-    that ended (exited), one that vanished (gone), a new one running (started)."""
+    that ended (exited), one that vanished (gone), a new one running (started).
+
+    The fast path: the containers of the tasks on the engine nmc talks to have events (Swarm
+    has none of its own): a pause, a stop or an exit there is heard at once, and polls at once
+    (a paused task stays "running" for Swarm: only this, or the checks, can tell)."""
 
     def __init__(self, backend: SwarmBackend):
         self.backend = backend
         self._closed = False
         self._seen: dict[str, dict] = {t["ID"]: t for t in backend._tasks(running_only=False)}
+        self._local: queue.Queue = queue.Queue()
+        try:
+            self._containers = backend.engine.events(backend.config.name)
+        except EngineError:
+            self._containers = None  # the poll alone, then
+        else:
+            threading.Thread(target=self._hear_containers, daemon=True).start()
+
+    def _hear_containers(self) -> None:
+        try:
+            for event in self._containers:
+                self._local.put(event)
+        except EngineError:
+            pass  # the engine went away: the poll says so
 
     def __iter__(self):
         while not self._closed:
-            time.sleep(POLL)
+            try:
+                heard = [self._local.get(timeout=POLL)]
+            except queue.Empty:
+                heard = []
+            while not self._local.empty():
+                heard.append(self._local.get_nowait())
+            yield from filter(None, map(self._translate, heard))
             tasks = {t["ID"]: t for t in self.backend._tasks(running_only=False)}
             for event in self._changes(self._seen, tasks):
                 yield event
             self._seen = tasks
+
+    def _translate(self, event) -> Event | None:
+        """A container event of one of the service's tasks, in nmc's words (None: not ours, or
+        nothing nmc acts on)."""
+        task_id = next((t for t, task in self._seen.items() if event.container_id and
+                        task["Status"].get("ContainerStatus", {}).get("ContainerID") == event.container_id),
+                       None)
+        if task_id is None:
+            return None
+        name = self.backend.slot_name(self._seen[task_id].get("Slot") or 0)
+        if event.action == "pause":
+            return Event(Happening.PAUSED, task_id, name, "task's container was paused")
+        if event.action == "kill" and event.signal in STOPPING_SIGNALS:
+            return Event(Happening.BEING_STOPPED, task_id, name,
+                         f"task's container is being stopped (signal {event.signal})")
+        if event.action == "die":
+            return Event(Happening.EXITED, task_id, name,
+                         f"task's container exited with code {event.exit_code}", event.exit_code)
+        if event.action == "oom":
+            return Event(Happening.OUT_OF_MEMORY, task_id, name, "task's container ran out of memory")
+        return None
 
     def _changes(self, before: dict, now: dict):
         for task_id, task in now.items():
@@ -358,3 +406,5 @@ class TaskEvents:
 
     def close(self) -> None:
         self._closed = True
+        if self._containers is not None:
+            self._containers.close()
