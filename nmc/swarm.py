@@ -56,7 +56,8 @@ class SwarmBackend:
         self.engine = engine
         self.api = engine.client.api
         self.config = config
-        self.service = config.name
+        self.service = SwarmService(self.api, config)
+        self.name = config.name
         self._addresses: dict[str, Address] = {}  # task id -> where it answered (see _address)
         self._nodes: dict[str, tuple[str, str]] = {}  # node id -> (its address, its hostname)
         self._tasks_seen: dict[str, dict] = {}    # task id -> Swarm's last word on it
@@ -72,7 +73,7 @@ class SwarmBackend:
                 "point DOCKER_HOST at a manager")
 
     def slot_name(self, slot: int) -> str:
-        return f"{self.service}.{slot}"
+        return f"{self.name}.{slot}"
 
     def image_id(self, image: str) -> str:
         return self.engine.image_id(image)
@@ -80,137 +81,20 @@ class SwarmBackend:
     def check_startable(self, slots: list[int]) -> None:
         pass  # Swarm places tasks and picks their ports
 
-    # -- the service -------------------------------------------------------------------------
-
-    def settings_hash(self, image_id: str) -> str:
-        text = json.dumps([image_id, self.config.container_port, sorted(self.config.replica_env.items())])
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-    @_engine_call("create or update the swarm service")
     def prepare(self, count: int, image_id: str) -> None:
-        """The service runs `count` tasks of `image_id`: created, adopted as it is when its
-        settings match, else replaced; only its replica count changes otherwise."""
-        current = self._inspect_service()
-        if current is not None and current["Spec"].get("Labels", {}).get(LABEL_SETTINGS) \
-                != self.settings_hash(image_id):
-            log.info("removing leftover swarm service %s: it does not match this cluster's "
-                     "settings", self.service)
-            self.api.remove_service(current["ID"])
-            self._wait_service_gone()
-            current = None
-        if current is None:
-            self._create_service(count, image_id)
-            log.info("created swarm service %s (%d replicas)", self.service, count)
-        elif current["Spec"]["Mode"].get("Replicated", {}).get("Replicas") != count:
-            self._update_service(lambda spec: spec["Mode"]["Replicated"].update(Replicas=count))
-        else:
-            log.info("adopting swarm service %s", self.service)
+        self.service.prepare(count, image_id)
 
-    def _create_service(self, count: int, image_id: str) -> None:
-        config = self.config
-        template = docker.types.TaskTemplate(
-            docker.types.ContainerSpec(
-                config.image, hostname=SLOT_NAME,
-                labels={LABEL_IMAGE: image_id, LABEL_CLUSTER: config.name},
-                env=[f"NMC_REPLICA={SLOT_NAME}"]
-                + [f"{k}={v}" for k, v in config.replica_env.items()]),
-            restart_policy=docker.types.RestartPolicy(condition="any", delay=0))
-        template["ContainerSpec"]["Healthcheck"] = self._healthcheck()
-        self.api.create_service(
-            template, name=self.service,
-            labels={LABEL_CLUSTER: config.name, LABEL_SETTINGS: self.settings_hash(image_id)},
-            mode=docker.types.ServiceMode("replicated", replicas=count),
-            update_config=docker.types.UpdateConfig(parallelism=config.max_surge, order="start-first",
-                                                    failure_action="rollback",
-                                                    monitor=UPDATE_MONITOR_NS),
-            rollback_config=docker.types.RollbackConfig(parallelism=config.max_surge,
-                                                        order="start-first"),
-            endpoint_spec={"Ports": [{"Protocol": "tcp", "TargetPort": config.container_port,
-                                      "PublishMode": "host"}]})
-
-    def _healthcheck(self) -> dict:
-        """The container's own check of --health-path, with the image's node: Swarm counts a
-        task as running only once it passes, so a rollout of an image that never answers is
-        rolled back by Swarm before it gets a request."""
-        probe = ("require('http').get({host: '127.0.0.1', port: process.env.PORT, path: "
-                 f"{json.dumps(self.config.health_path)}, timeout: 2000}}, r => process.exit("
-                 "r.statusCode >= 200 && r.statusCode < 300 ? 0 : 1)).on('error', () => "
-                 "process.exit(1))")
-        second = 1_000_000_000
-        return {"Test": ["CMD", "node", "-e", probe], "Interval": second // 2,
-                "Timeout": 2 * second, "Retries": 3, "StartPeriod": int(self.config.start_timeout * second)}
-
-    @_engine_call("roll out a new image to the swarm service")
     def roll_out(self, image: str, image_id: str, surge: int, progress) -> str:
-        """Swarm's own rolling update, start-first, `surge` tasks at a time, rolled back by
-        Swarm when a new task fails; `progress(text)` hears each new word of its UpdateStatus.
-        The outcome, in one line; RollbackDone when Swarm rolled back."""
-        def change(spec: dict) -> None:
-            container = spec["TaskTemplate"]["ContainerSpec"]
-            container["Image"] = image
-            container.setdefault("Labels", {})[LABEL_IMAGE] = image_id
-            spec.setdefault("Labels", {})[LABEL_SETTINGS] = self.settings_hash(image_id)
-            spec.setdefault("UpdateConfig", {})["Parallelism"] = surge
+        return self.service.roll_out(image, image_id, surge, progress)
 
-        self._update_service(change)
-        deadline = time.monotonic() + ROLLOUT_WAIT
-        said = None
-        while time.monotonic() < deadline:
-            status = (self._inspect_service() or {}).get("UpdateStatus") or {}
-            word = (status.get("State"), status.get("Message"))
-            if word != said and word[0]:
-                said = word
-                progress(f"{word[0]}: {word[1] or ''}".rstrip(": "))
-            if word[0] == "completed":
-                return word[1] or "update completed"
-            if word[0] in ("rollback_completed", "rollback_paused", "paused"):
-                raise RolledBack(f"Swarm rolled the service back ({word[0]}): {word[1]}")
-            time.sleep(TASK_WAIT_POLL)
-        raise RolledBack(f"the rollout did not finish within {ROLLOUT_WAIT:g}s")
-
-    def _update_service(self, change) -> None:
-        """Send back the service's *stored* spec with `change` applied: Service.update() would
-        fill in defaults and replace every running task. A stale version is retried once."""
-        for attempt in (1, 2):
-            current = self._inspect_service()
-            spec = current["Spec"]
-            change(spec)
-            try:
-                self.api.update_service(
-                    current["ID"], current["Version"]["Index"], task_template=spec["TaskTemplate"],
-                    name=spec["Name"], labels=spec.get("Labels"), mode=spec["Mode"],
-                    update_config=spec.get("UpdateConfig"), rollback_config=spec.get("RollbackConfig"),
-                    networks=spec.get("TaskTemplate", {}).get("Networks"),
-                    endpoint_spec=spec.get("EndpointSpec"), fetch_current_spec=False)
-                return
-            except docker.errors.APIError as e:
-                if attempt == 2 or "out of sequence" not in _explain(e):
-                    raise
-
-    def _inspect_service(self) -> dict | None:
-        try:
-            return self.api.inspect_service(self.service)
-        except docker.errors.NotFound:
-            return None
-
-    def _wait_service_gone(self, timeout: float = 30) -> None:
-        deadline = time.monotonic() + timeout
-        while self._inspect_service() is not None and time.monotonic() < deadline:
-            time.sleep(TASK_WAIT_POLL)
-
-    @_engine_call("remove the swarm service")
     def teardown(self) -> None:
-        """Remove the service: Swarm stops its tasks (SIGTERM: they finish what they have)."""
-        try:
-            self.api.remove_service(self.service)
-        except docker.errors.NotFound:
-            pass
+        self.service.remove()
 
     # -- tasks -------------------------------------------------------------------------------
 
     @_engine_call("list the service's tasks")
     def _tasks(self, running_only: bool = True) -> list[dict]:
-        filters = {"service": self.service}
+        filters = {"service": self.name}
         if running_only:
             filters["desired-state"] = "running"
         try:
@@ -234,7 +118,7 @@ class SwarmBackend:
                     return self._instance(task, image_id)
             if time.monotonic() >= deadline:
                 raise EngineError(f"Swarm placed no running task in slot {slot} of service "
-                                  f"{self.service} within {self.config.start_timeout:g}s")
+                                  f"{self.name} within {self.config.start_timeout:g}s")
             time.sleep(TASK_WAIT_POLL)
 
     @_engine_call("inspect a task")
@@ -317,6 +201,140 @@ class SwarmBackend:
                         stopped_from_outside=desired != "running",
                         node=node[1] if node else None,
                         engine_state=state if desired == state else f"{state}, desired {desired}")
+
+
+class SwarmService:
+    """The cluster's one service: created with nmc's spec, adopted, changed by sending back its
+    stored spec, rolled out by Swarm, removed."""
+
+    def __init__(self, api, config: Config):
+        self.api = api
+        self.config = config
+        self.name = config.name
+
+    def settings_hash(self, image_id: str) -> str:
+        text = json.dumps([image_id, self.config.container_port, sorted(self.config.replica_env.items())])
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    @_engine_call("create or update the swarm service")
+    def prepare(self, count: int, image_id: str) -> None:
+        """The service runs `count` tasks of `image_id`: created, adopted as it is when its
+        settings match, else replaced; only its replica count changes otherwise."""
+        current = self.inspect()
+        if current is not None and current["Spec"].get("Labels", {}).get(LABEL_SETTINGS) \
+                != self.settings_hash(image_id):
+            log.info("removing leftover swarm service %s: it does not match this cluster's "
+                     "settings", self.name)
+            self.api.remove_service(current["ID"])
+            self._wait_gone()
+            current = None
+        if current is None:
+            self._create(count, image_id)
+            log.info("created swarm service %s (%d replicas)", self.name, count)
+        elif current["Spec"]["Mode"].get("Replicated", {}).get("Replicas") != count:
+            self._update(lambda spec: spec["Mode"]["Replicated"].update(Replicas=count))
+        else:
+            log.info("adopting swarm service %s", self.name)
+
+    def _create(self, count: int, image_id: str) -> None:
+        config = self.config
+        template = docker.types.TaskTemplate(
+            docker.types.ContainerSpec(
+                config.image, hostname=SLOT_NAME,
+                labels={LABEL_IMAGE: image_id, LABEL_CLUSTER: config.name},
+                env=[f"NMC_REPLICA={SLOT_NAME}"]
+                + [f"{k}={v}" for k, v in config.replica_env.items()]),
+            restart_policy=docker.types.RestartPolicy(condition="any", delay=0))
+        template["ContainerSpec"]["Healthcheck"] = self._healthcheck()
+        self.api.create_service(
+            template, name=self.name,
+            labels={LABEL_CLUSTER: config.name, LABEL_SETTINGS: self.settings_hash(image_id)},
+            mode=docker.types.ServiceMode("replicated", replicas=count),
+            update_config=docker.types.UpdateConfig(parallelism=config.max_surge, order="start-first",
+                                                    failure_action="rollback",
+                                                    monitor=UPDATE_MONITOR_NS),
+            rollback_config=docker.types.RollbackConfig(parallelism=config.max_surge,
+                                                        order="start-first"),
+            endpoint_spec={"Ports": [{"Protocol": "tcp", "TargetPort": config.container_port,
+                                      "PublishMode": "host"}]})
+
+    def _healthcheck(self) -> dict:
+        """The container's own check of --health-path, with the image's node: Swarm counts a
+        task as running only once it passes, so a rollout of an image that never answers is
+        rolled back by Swarm before it gets a request."""
+        probe = ("require('http').get({host: '127.0.0.1', port: process.env.PORT, path: "
+                 f"{json.dumps(self.config.health_path)}, timeout: 2000}}, r => process.exit("
+                 "r.statusCode >= 200 && r.statusCode < 300 ? 0 : 1)).on('error', () => "
+                 "process.exit(1))")
+        second = 1_000_000_000
+        return {"Test": ["CMD", "node", "-e", probe], "Interval": second // 2,
+                "Timeout": 2 * second, "Retries": 3, "StartPeriod": int(self.config.start_timeout * second)}
+
+    @_engine_call("roll out a new image to the swarm service")
+    def roll_out(self, image: str, image_id: str, surge: int, progress) -> str:
+        """Swarm's own rolling update, start-first, `surge` tasks at a time, rolled back by
+        Swarm when a new task fails; `progress(text)` hears each new word of its UpdateStatus.
+        The outcome, in one line; RollbackDone when Swarm rolled back."""
+        def change(spec: dict) -> None:
+            container = spec["TaskTemplate"]["ContainerSpec"]
+            container["Image"] = image
+            container.setdefault("Labels", {})[LABEL_IMAGE] = image_id
+            spec.setdefault("Labels", {})[LABEL_SETTINGS] = self.settings_hash(image_id)
+            spec.setdefault("UpdateConfig", {})["Parallelism"] = surge
+
+        self._update(change)
+        deadline = time.monotonic() + ROLLOUT_WAIT
+        said = None
+        while time.monotonic() < deadline:
+            status = (self.inspect() or {}).get("UpdateStatus") or {}
+            word = (status.get("State"), status.get("Message"))
+            if word != said and word[0]:
+                said = word
+                progress(f"{word[0]}: {word[1] or ''}".rstrip(": "))
+            if word[0] == "completed":
+                return word[1] or "update completed"
+            if word[0] in ("rollback_completed", "rollback_paused", "paused"):
+                raise RolledBack(f"Swarm rolled the service back ({word[0]}): {word[1]}")
+            time.sleep(TASK_WAIT_POLL)
+        raise RolledBack(f"the rollout did not finish within {ROLLOUT_WAIT:g}s")
+
+    def _update(self, change) -> None:
+        """Send back the service's *stored* spec with `change` applied: Service.update() would
+        fill in defaults and replace every running task. A stale version is retried once."""
+        for attempt in (1, 2):
+            current = self.inspect()
+            spec = current["Spec"]
+            change(spec)
+            try:
+                self.api.update_service(
+                    current["ID"], current["Version"]["Index"], task_template=spec["TaskTemplate"],
+                    name=spec["Name"], labels=spec.get("Labels"), mode=spec["Mode"],
+                    update_config=spec.get("UpdateConfig"), rollback_config=spec.get("RollbackConfig"),
+                    networks=spec.get("TaskTemplate", {}).get("Networks"),
+                    endpoint_spec=spec.get("EndpointSpec"), fetch_current_spec=False)
+                return
+            except docker.errors.APIError as e:
+                if attempt == 2 or "out of sequence" not in _explain(e):
+                    raise
+
+    def inspect(self) -> dict | None:
+        try:
+            return self.api.inspect_service(self.name)
+        except docker.errors.NotFound:
+            return None
+
+    def _wait_gone(self, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while self.inspect() is not None and time.monotonic() < deadline:
+            time.sleep(TASK_WAIT_POLL)
+
+    @_engine_call("remove the swarm service")
+    def remove(self) -> None:
+        """Remove the service: Swarm stops its tasks (SIGTERM: they finish what they have)."""
+        try:
+            self.api.remove_service(self.name)
+        except docker.errors.NotFound:
+            pass
 
 
 class TaskEvents:
