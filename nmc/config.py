@@ -96,16 +96,10 @@ class Config:
             raise UsageError(f"--max-surge must be from 1 to {MAX_REPLICAS}, not {self.max_surge}")
         if not 1 <= self.replicas <= MAX_REPLICAS:
             raise UsageError(f"--replicas must be from 1 to {MAX_REPLICAS}, not {self.replicas}")
-        last = self.base_port + self.replicas - 1
-        if last > 65535:
-            raise UsageError(f"--base-port {self.base_port} with {self.replicas} replicas needs "
-                             f"ports up to {last}, past 65535")
-        if self.base_port <= self.port <= last:
-            raise UsageError(f"--port {self.port} falls inside the replicas' ports "
-                             f"{self.base_port}-{last}; pick another --port or --base-port")
-        if self.base_port <= self.admin_port <= last:
-            raise UsageError(f"--admin-port {self.admin_port} falls inside the replicas' ports "
-                             f"{self.base_port}-{last}; pick another --admin-port or --base-port")
+        if self.swarm:
+            self._check_swarm_ports()
+        else:
+            self._check_host_ports()
         if not _NAME_RE.match(self.name):
             raise UsageError(f"--name {self.name!r} is not a valid container name "
                              "(letters, digits, '_', '.', '-'; starting with a letter or digit)")
@@ -133,6 +127,25 @@ class Config:
             raise UsageError(f"PORT={port} in the replicas' environment differs from "
                              f"--container-port {self.container_port}: set --container-port instead")
         return self
+
+    def _check_host_ports(self) -> None:
+        """The replicas' host ports (one host): from --base-port on, clear of nmc's own."""
+        last = self.base_port + self.replicas - 1
+        if last > 65535:
+            raise UsageError(f"--base-port {self.base_port} with {self.replicas} replicas needs "
+                             f"ports up to {last}, past 65535")
+        if self.base_port <= self.port <= last:
+            raise UsageError(f"--port {self.port} falls inside the replicas' ports "
+                             f"{self.base_port}-{last}; pick another --port or --base-port")
+        if self.base_port <= self.admin_port <= last:
+            raise UsageError(f"--admin-port {self.admin_port} falls inside the replicas' ports "
+                             f"{self.base_port}-{last}; pick another --admin-port or --base-port")
+
+    def _check_swarm_ports(self) -> None:
+        """--swarm: Swarm gives every task a port of its own on its node; none is the host's."""
+        if self.base_port != Config.base_port:
+            raise UsageError("--base-port does not apply with --swarm: Swarm gives each task a "
+                             "port of its own on its node")
 
     @classmethod
     def from_strings(cls, values: Mapping[str, str | bool | None]) -> "Config":

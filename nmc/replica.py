@@ -109,7 +109,8 @@ class Replica:
             self.health = CheckCounts(total=self.health.total)
         if not mirrored:
             level = logging.WARNING if new is State.DOWN else logging.INFO
-            log.log(level, "replica %s (port %s, %s %s): %s -> %s%s", self.name,
-                    self.port or "-", self.noun, self.short_id, old.value, new.value,
-                    f" ({reason})" if reason else "")
+            node = self.instance.node if self.instance else None  # several machines (a swarm)
+            log.log(level, "replica %s (%sport %s, %s %s): %s -> %s%s", self.name,
+                    f"node {node}, " if node else "", self.port or "-", self.noun, self.short_id,
+                    old.value, new.value, f" ({reason})" if reason else "")
         return True

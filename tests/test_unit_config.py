@@ -47,6 +47,7 @@ def test_options_reach_the_config():
     (["extra"], "unexpected argument 'extra'"),
     (["--port"], "--port requires argument"),
     (["-p", "1", "-p", "2"], "an option is given twice"),
+    (["--swarm", "--base-port", "4001"], "--base-port does not apply with --swarm"),
 ])
 def test_bad_options_give_one_line(argv, message):
     with pytest.raises(UsageError) as error:
@@ -127,3 +128,7 @@ def test_bad_replica_environment_gives_one_line(argv, message):
         parse_args(argv)
     assert message in str(error.value)
     assert "\n" not in str(error.value)
+
+
+def test_with_swarm_the_hosts_ports_are_not_the_replicas():
+    assert parse_args(["--swarm", "-p", "3002"]).port == 3002  # no replica holds a host port
