@@ -61,6 +61,7 @@ class SwarmBackend:
         self._addresses: dict[str, Address] = {}  # task id -> where it answered (see _address)
         self._nodes: dict[str, tuple[str, str]] = {}  # node id -> (its address, its hostname)
         self._tasks_seen: dict[str, dict] = {}    # task id -> Swarm's last word on it
+        self._given_up: set[str] = set()          # tasks nmc removed: never a slot's next one
         self._require_manager()
 
     @_engine_call("ask whether it is a swarm manager")
@@ -112,9 +113,12 @@ class SwarmBackend:
         own check then decides when it joins the rotation)."""
         deadline = time.monotonic() + self.config.start_timeout
         while True:
-            for task in self._tasks():
+            tasks = self._tasks()
+            # one given up on may still be "running" for a moment: Swarm has not heard yet
+            self._given_up &= {task["ID"] for task in tasks}
+            for task in tasks:
                 if task.get("Slot") == slot and task["Status"]["State"] == "running" \
-                        and self._address(task) is not None:
+                        and task["ID"] not in self._given_up and self._address(task) is not None:
                     return self._instance(task, image_id)
             if time.monotonic() >= deadline:
                 raise EngineError(f"Swarm placed no running task in slot {slot} of service "
@@ -137,6 +141,7 @@ class SwarmBackend:
         if found is not None and found.problem is None and container \
                 and self.engine.inspect(container) is not None:
             self.engine.remove(container, stop_timeout=grace)
+        self._given_up.add(instance_id)
         self._addresses.pop(instance_id, None)
         self._tasks_seen.pop(instance_id, None)
 
