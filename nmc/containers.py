@@ -65,8 +65,14 @@ class ReplicaSpec:
     env: dict[str, str] = field(default_factory=dict)
 
     def settings_hash(self, image_id: str) -> str:
-        text = json.dumps([image_id, self.container_port, sorted(self.env.items())])
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
+        return settings_hash(image_id, self.container_port, self.env)
+
+
+def settings_hash(image_id: str, container_port: int, env: dict[str, str], *more) -> str:
+    """What makes a replica what it is (its image id, container port, environment, and `more`
+    that a backend adds), hashed: a leftover is adopted only when its hash is a fresh start's."""
+    text = json.dumps([image_id, container_port, sorted(env.items()), *more])
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)

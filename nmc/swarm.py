@@ -9,7 +9,6 @@ balancing and checks). Swarm has no task events (moby#37403), so the service's t
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import queue
@@ -22,7 +21,7 @@ import docker.types
 from nmc.backend import Address, EngineError, Event, Happening, Instance
 from nmc.config import Config
 from nmc.containers import (LABEL_CLUSTER, LABEL_SETTINGS, STOPPING_SIGNALS, Engine, _engine_call,
-                            _explain)
+                            _explain, settings_hash)
 
 log = logging.getLogger(__name__)
 
@@ -218,8 +217,10 @@ class SwarmService:
         self.name = config.name
 
     def settings_hash(self, image_id: str) -> str:
-        text = json.dumps([image_id, self.config.container_port, sorted(self.config.replica_env.items())])
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
+        """As a container's, and the health check's settings too (they are in the service's spec)."""
+        config = self.config
+        return settings_hash(image_id, config.container_port, config.replica_env,
+                             config.health_path, config.start_timeout)
 
     @_engine_call("create or update the swarm service")
     def prepare(self, count: int, image_id: str) -> None:

@@ -36,10 +36,14 @@ def swarm_lab(*args: str, timeout: float) -> subprocess.CompletedProcess:
     return done
 
 
-def test_swarm_lab_moves_a_dead_nodes_tasks_and_leaves_nothing(tmp_path):
+def skip_if_a_lab_is_up() -> None:
     if lab.lab_remains():
         pytest.skip(f"a swarm lab is already on this machine ({', '.join(lab.lab_remains())}); "
                     "not touching it")
+
+
+def test_swarm_lab_moves_a_dead_nodes_tasks_and_leaves_nothing(tmp_path):
+    skip_if_a_lab_is_up()
     results = tmp_path / "demo.json"
     try:
         started = swarm_lab("up", timeout=400)
@@ -91,9 +95,7 @@ def test_swarm_lab_moves_a_dead_nodes_tasks_and_leaves_nothing(tmp_path):
 def test_nmc_on_the_swarm_lab_relays_to_every_node_and_fails_no_request_when_one_dies(tmp_path):
     """scripts/swarm_lab_nmc.py: nmc --swarm -n 6 on the host, through node 1's socket, under 4
     clients; node 3's dockerd killed."""
-    if lab.lab_remains():
-        pytest.skip(f"a swarm lab is already on this machine ({', '.join(lab.lab_remains())}); "
-                    "not touching it")
+    skip_if_a_lab_is_up()
     results = tmp_path / "nmc.json"
     try:
         started = swarm_lab("up", timeout=400)
