@@ -49,8 +49,9 @@ def docker_client():
 
 
 @pytest.fixture
-def cluster_name(docker_client, request):
-    """A cluster name of this test's own; every container labelled with it is removed at the end."""
+def cluster_name(docker_client, request, scratch_images):
+    """A cluster name of this test's own; every container labelled with it is removed at the end
+    (before the test's scratch_images, which a container may still use)."""
     name = "nmct-" + uuid.uuid4().hex[:10]
     yield name
     remove_cluster(docker_client, name)
@@ -181,9 +182,10 @@ class NmcProcess:
 
 
 @pytest.fixture
-def run_nmc(request):
+def run_nmc(request, scratch_images):
     """Start nmc_server.py with options; every process still running at the end is stopped
-    (and whatever it leaves is removed by the cluster_name fixture)."""
+    (and whatever it leaves is removed by the cluster_name fixture), before the test's
+    scratch_images are removed."""
     started: list[NmcProcess] = []
 
     def start(*args: str, env: dict | None = None) -> NmcProcess:
@@ -266,7 +268,7 @@ class Load:
 
 @pytest.fixture
 def scratch_images(docker_client):
-    """Tags of the images a test builds: removed at the end, pass or fail."""
+    """Tags (or ids) of the images a test builds: removed at the end, pass or fail."""
     tags: list[str] = []
     yield tags
     for tag in tags:

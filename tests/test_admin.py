@@ -54,11 +54,14 @@ def running(docker_client, cluster_name: str) -> dict[str, str]:
 
 @pytest.fixture
 def derived_image(docker_client, cluster_name, scratch_images):
-    """Build images FROM the site's image; removed at the end."""
+    """Build images FROM the site's image; removed at the end, by id too (a tag built again
+    leaves the image it named untagged)."""
     def build(tag_suffix: str, *lines: str) -> str:
         tag = f"{cluster_name}:{tag_suffix}"
         scratch_images.append(tag)
-        return build_on_site_image(docker_client, tag, *lines)
+        image_id = build_on_site_image(docker_client, tag, *lines)
+        scratch_images.append(image_id)
+        return image_id
     return build
 
 
