@@ -150,7 +150,4 @@ class Backend(Protocol):
     def tail_logs(self, instance_id: str, lines: int) -> list[str]:
         """Its last `lines` lines of output."""
 
-    def follow_logs(self, instance_id: str, since: float | None = None) -> Iterator[str]:
-        """Its lines from `since` (epoch seconds) on, as they come, until it stops."""
-
     def close(self) -> None: ...

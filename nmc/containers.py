@@ -296,6 +296,14 @@ class Engine:
             if "already in progress" not in _explain(e):
                 raise
 
+    @_engine_call("stop a container")
+    def stop(self, container: str, stop_timeout: float = 5) -> None:
+        """SIGTERM, then SIGKILL after stop_timeout; the container stays (gone already is fine)."""
+        try:
+            self.client.api.stop(container, timeout=int(stop_timeout))
+        except docker.errors.NotFound:
+            pass
+
     def _remove_quietly(self, container: str) -> None:
         try:
             self.client.api.remove_container(container, force=True)
@@ -445,9 +453,6 @@ class ContainerBackend:
 
     def tail_logs(self, instance_id: str, lines: int) -> list[str]:
         return self.engine.tail_logs(instance_id, lines)
-
-    def follow_logs(self, instance_id: str, since: float | None = None):
-        return self.engine.follow_logs(instance_id, since)
 
     def close(self) -> None:
         self.engine.close()

@@ -103,7 +103,7 @@ class Healing:
         elif event.happening is not Happening.STARTED and replica.state in WATCHED:
             # a DOWN replica too: the relay often sees the connections break before the engine
             # reports the death. STARTING ones are watched by Lifecycle.wait_ready.
-            self.replace(replica, event.reason)
+            self.replace(replica, event.reason, event.exit_code)
 
     def _leave(self, replica: Replica, reason: str) -> None:
         """A replica the engine retires (Swarm scaling down): drained, then out of the pool."""
@@ -167,20 +167,21 @@ class Healing:
 
     # -- replacing ---------------------------------------------------------------------------
 
-    def replace(self, replica: Replica, reason: str) -> None:
-        """Take `replica` out of the rotation and start a new instance in its place."""
+    def replace(self, replica: Replica, reason: str, exit_code: int | None = None) -> None:
+        """Take `replica` out of the rotation and start a new instance in its place (`exit_code`:
+        its instance's, when the engine said it exited)."""
         if self.lifecycle.stopping or replica.state not in WATCHED:
             return  # being replaced already, or leaving on purpose
         if replica.change_state(State.DOWN, reason):
             replica.change_state(State.REPLACING)
         else:  # out already: say why it goes now
             replica.change_state(State.REPLACING, reason)
-        self.lifecycle.tasks.spawn(self._replace, replica)
+        self.lifecycle.tasks.spawn(self._replace, replica, exit_code)
 
-    def _replace(self, replica: Replica) -> None:
+    def _replace(self, replica: Replica, exit_code: int | None) -> None:
         delay = BACKOFF_FIRST
         last_error = ""  # a failure is logged when it changes, not at every try
-        self._report_crash_and_back_off(replica)
+        self._report_crash_and_back_off(replica, exit_code)
         # until it serves again, nmc stops, or a scale-down retires it meanwhile
         while not self.lifecycle.stopping and replica.state in BEING_REPLACED:
             try:
@@ -208,8 +209,10 @@ class Healing:
             self.lifecycle.stopped.wait(delay)
             delay = min(delay * 2, BACKOFF_MAX)
 
-    def _report_crash_and_back_off(self, replica: Replica) -> None:
-        """Say once what the failed instance left behind. A replica failing soon after each
+    def _report_crash_and_back_off(self, replica: Replica, exit_code: int | None) -> None:
+        """Say once what the failed instance left behind (its exit code: the engine's word now,
+        else `exit_code`, heard in its exit event: Swarm may call a task running a while after
+        its container exited). A replica failing soon after each
         start (a crash loop) waits in BACKOFF before its next start (from the second such
         failure in a row: 1 s, 2 s, 4 s ... 60 s) instead of being restarted in a tight loop."""
         uptime = replica.uptime()
@@ -223,9 +226,11 @@ class Healing:
         else:
             replica.quick_crashes += 1
         if found is not None and found.exit_code is not None:
-            replica.last_exit_code = found.exit_code
+            exit_code = found.exit_code
+        if exit_code is not None:
+            replica.last_exit_code = exit_code
             log.warning("replica %s exited with code %s after %.1fs in the rotation%s",
-                        replica.name, found.exit_code, uptime, self.lifecycle.last_logs(replica))
+                        replica.name, exit_code, uptime, self.lifecycle.last_logs(replica))
         delay = 0.0 if self.backend.orchestrates else crash_loop_delay(replica.quick_crashes)
         if delay:  # (an engine that restarts by itself, Swarm, has its own fixed delay)
             log.warning("replica %s failed %d times in a row within %gs of starting: next start "

@@ -12,16 +12,21 @@ from __future__ import annotations
 import json
 import logging
 import queue
+import re
 import threading
 import time
+from collections.abc import Iterator
+from typing import NamedTuple
 
 import docker.errors
 import docker.types
+import gevent
+import requests
 
 from nmc.backend import Address, EngineError, Event, Happening, Instance
 from nmc.config import Config
 from nmc.containers import (LABEL_CLUSTER, LABEL_SETTINGS, STOPPING_SIGNALS, Engine, _engine_call,
-                            _explain, settings_hash)
+                            _explain, _first_line, settings_hash)
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +36,7 @@ TASK_WAIT_POLL = 0.1       # seconds between looks for a slot's task while it is
 SLOT_NAME = "{{.Service.Name}}.{{.Task.Slot}}"  # Swarm's template: a task's hostname, as slot_name
 UPDATE_MONITOR_NS = 2_000_000_000  # Swarm watches each updated task this long for a failure
 ROLLOUT_WAIT = 600  # seconds a rollout may take at most
+TAIL_WAIT = 5       # seconds the last lines of a task may take to come (its node may be down)
 STOPPED_STATES = {"complete", "failed", "shutdown", "rejected", "orphaned", "remove"}
 
 
@@ -62,6 +68,7 @@ class SwarmBackend:
         self._tasks_seen: dict[str, dict] = {}    # task id -> Swarm's last word on it
         self._given_up: set[str] = set()          # tasks nmc removed: never a slot's next one
         self._require_manager()
+        self.logs = ServiceLogs(self.api, self.name)
 
     @_engine_call("ask whether it is a swarm manager")
     def _require_manager(self) -> None:
@@ -83,9 +90,25 @@ class SwarmBackend:
 
     def prepare(self, count: int, image_id: str) -> None:
         self.service.prepare(count, image_id)
+        self._say_if_other_nodes_need(self.config.image)
 
     def roll_out(self, image: str, image_id: str, surge: int, progress) -> str:
+        self._say_if_other_nodes_need(image)
         return self.service.roll_out(image, image_id, surge, progress)
+
+    @_engine_call("list the swarm's nodes")
+    def _say_if_other_nodes_need(self, image: str) -> None:
+        """An image from no registry (a --build, a `docker build`) may be on this node only: say
+        that the swarm's other nodes need it, or Swarm fails their tasks ('No such image')."""
+        if self.engine.client.images.get(image).attrs.get("RepoDigests"):
+            return  # from a registry: every node can pull it
+        here = self.engine.client.info()["Swarm"].get("NodeID")
+        others = [node for node in self.api.nodes() if node["ID"] != here
+                  and node["Status"]["State"] == "ready" and node["Spec"].get("Availability") == "active"]
+        if others:
+            log.warning("image %s comes from no registry (it has no registry digest): the swarm's "
+                        "%d other nodes must have it too (`docker save %s | docker load` on each), "
+                        "or Swarm cannot start its tasks there", image, len(others), image)
 
     def teardown(self) -> None:
         self.service.remove()
@@ -121,8 +144,18 @@ class SwarmBackend:
                     return self._instance(task, image_id)
             if time.monotonic() >= deadline:
                 raise EngineError(f"Swarm placed no running task in slot {slot} of service "
-                                  f"{self.name} within {self.config.start_timeout:g}s")
+                                  f"{self.name} within {self.config.start_timeout:g}s"
+                                  + self._last_failure(slot))
             time.sleep(TASK_WAIT_POLL)
+
+    def _last_failure(self, slot: int) -> str:
+        """What Swarm said of the slot's newest task that failed ('No such image: ...')."""
+        failed = [task for task in self._tasks(running_only=False) if task.get("Slot") == slot
+                  and task["Status"]["State"] in STOPPED_STATES and task["Status"].get("Err")]
+        if not failed:
+            return ""
+        task = max(failed, key=lambda task: task["Status"].get("Timestamp", ""))
+        return f" (its last task {task['Status']['State']}: {task['Status']['Err']})"
 
     @_engine_call("inspect a task")
     def inspect(self, instance_id: str) -> Instance | None:
@@ -133,13 +166,15 @@ class SwarmBackend:
 
     def remove(self, instance_id: str, grace: float) -> None:
         """Swarm removes tasks itself (a scale-down, an update, the service removed); a task
-        that nmc gives up on while it still runs (hung) has its container stopped, when it is
-        on this engine, and Swarm replaces it."""
+        that nmc gives up on while it still runs (hung, paused) has its container stopped, when
+        it is on this engine, and Swarm replaces it. Swarm keeps the container, and with it the
+        task's logs (a task on another node fails its container health check: Swarm replaces it)."""
         found = self.inspect(instance_id)
         container = self._container_of(instance_id)
-        if found is not None and found.problem is None and container \
-                and self.engine.inspect(container) is not None:
-            self.engine.remove(container, stop_timeout=grace)
+        info = self.engine.inspect(container) if container else None
+        if found is not None and not found.stopped_from_outside \
+                and info is not None and info.status in ("running", "paused"):
+            self.engine.stop(container, stop_timeout=grace)  # (one Swarm stops has its grace)
         self._given_up.add(instance_id)
         self._addresses.pop(instance_id, None)
         self._tasks_seen.pop(instance_id, None)
@@ -148,12 +183,11 @@ class SwarmBackend:
         return TaskEvents(self)
 
     def tail_logs(self, instance_id: str, lines: int) -> list[str]:
-        container = self._container_of(instance_id)
-        return self.engine.tail_logs(container, lines) if container else []
-
-    def follow_logs(self, instance_id: str, since: float | None = None):
-        container = self._container_of(instance_id)
-        return self.engine.follow_logs(container, since) if container else iter(())
+        """Through the manager, so from any node; nothing if they do not come in TAIL_WAIT."""
+        found: list[str] = []
+        with gevent.Timeout(TAIL_WAIT, False):
+            found = [line.text for line in self.logs.lines(tail=lines) if line.task_id == instance_id]
+        return found
 
     def close(self) -> None:
         self.engine.close()
@@ -341,6 +375,81 @@ class SwarmService:
             self.api.remove_service(self.name)
         except docker.errors.NotFound:
             pass
+
+
+class LogLine(NamedTuple):
+    stamp: str    # RFC 3339, UTC: sorts as text
+    replica: str  # the slot's name, <service>.<slot>
+    task_id: str
+    text: str
+
+
+class ServiceLogs:
+    """The lines of a service's tasks on every node, through the manager (as `docker service
+    logs`): Swarm asks each task's node for them."""
+
+    TASK_ID = re.compile(r"(?:^|,)com\.docker\.swarm\.task\.id=([0-9a-z]+)")
+
+    def __init__(self, api, name: str):
+        self.api = api
+        self.name = name
+        self._slots: dict[str, int] = {}  # task id -> its slot
+
+    @classmethod
+    def of_cluster(cls, engine: Engine, cluster: str) -> "ServiceLogs | None":
+        """The logs of cluster's swarm service, if the engine is a manager and has it."""
+        api = engine.client.api
+        try:
+            if not (engine.client.info().get("Swarm") or {}).get("ControlAvailable"):
+                return None
+            service = api.inspect_service(cluster)
+        except docker.errors.DockerException:
+            return None
+        if service["Spec"].get("Labels", {}).get(LABEL_CLUSTER) != cluster:
+            return None
+        return cls(api, cluster)
+
+    @_engine_call("list the service's tasks")
+    def names(self) -> list[str]:
+        """The names of the service's slots that have tasks, old ones included."""
+        tasks = self.api.tasks(filters={"service": self.name})
+        self._slots.update((task["ID"], task.get("Slot") or 0) for task in tasks)
+        return sorted({self._replica(task["ID"]) for task in tasks})
+
+    def lines(self, follow: bool = False, since: float | None = None,
+              tail: int | str = "all") -> Iterator[LogLine]:
+        """Every task's lines (`tail`: the last so many of each), from `since` (epoch seconds)
+        on; with `follow`, then new ones as they come, of tasks started later too."""
+        try:
+            chunks = self.api.service_logs(self.name, details=True, timestamps=True, stdout=True,
+                                           stderr=True, follow=follow, tail=tail, is_tty=False,
+                                           **({"since": since} if since else {}))
+            for chunk in chunks:
+                for raw in chunk.decode("utf-8", "replace").splitlines():
+                    line = self._parse(raw)
+                    if line is not None:
+                        yield line
+        except docker.errors.NotFound:
+            return
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as e:
+            raise EngineError(f"cannot read the logs of service {self.name}: {_first_line(e)}") from e
+
+    def _parse(self, raw: str) -> LogLine | None:
+        """`<stamp> <details> <text>`, the details naming the task."""
+        stamp, _, rest = raw.partition(" ")
+        details, _, text = rest.partition(" ")
+        found = self.TASK_ID.search(details)
+        if not found:
+            return None
+        return LogLine(stamp, self._replica(found.group(1)), found.group(1), text)
+
+    def _replica(self, task_id: str) -> str:
+        if task_id not in self._slots:
+            try:
+                self._slots[task_id] = self.api.inspect_task(task_id).get("Slot") or 0
+            except docker.errors.DockerException:
+                self._slots[task_id] = 0
+        return f"{self.name}.{self._slots[task_id]}"
 
 
 class TaskEvents:

@@ -150,10 +150,6 @@ class MemoryBackend:
         self._answer()
         return self.logs.get(instance_id, [])[-lines:]
 
-    def follow_logs(self, instance_id: str, since: float | None = None):
-        self._answer()
-        return iter(self.logs.get(instance_id, []))
-
     def close(self) -> None:
         self.closed = True
 

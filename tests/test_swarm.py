@@ -9,14 +9,16 @@ swarm manager is used as it is and left one. Every service a test made is remove
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
+import sys
 import time
 
 import pytest
 import requests
 
-from conftest import Load, free_port_block, get, wait_until
+from conftest import ROOT, Load, NmcProcess, free_port_block, get, wait_until
 
 
 def swarm_state(docker_client) -> str:
@@ -59,6 +61,15 @@ def tasks(cluster_name: str) -> dict[str, str]:
             if line.split()[2] == "Running"}
 
 
+def kill_a_task(docker_client, cluster_name: str, nmc: NmcProcess) -> None:
+    """`docker kill` one of the service's task containers; until nmc has its slot ready again."""
+    victim = docker_client.containers.list(filters={
+        "label": f"com.docker.swarm.service.name={cluster_name}"})[0]
+    start = len(nmc.lines)
+    victim.kill()
+    nmc.wait_for_line(r"starting -> ready", start=start, timeout=30)
+
+
 def test_on_an_engine_that_is_no_swarm_manager_swarm_is_one_line(run_nmc, cluster_name,
                                                                   docker_client):
     if swarm_state(docker_client) != "inactive":
@@ -95,11 +106,7 @@ def test_swarm_tasks_serve_and_kills_and_scaling_fail_no_request(
     assert f'nmc_replica_info{{address="127.0.0.1:{status["replicas"][0]["port"]}"' in metrics
     load = Load(url, clients=4, limit=90)
     try:
-        victim = docker_client.containers.list(filters={
-            "label": f"com.docker.swarm.service.name={cluster_name}"})[0]
-        start = len(process.lines)
-        victim.kill()
-        process.wait_for_line(r"starting -> ready", start=start, timeout=30)
+        kill_a_task(docker_client, cluster_name, process)
         wait_until(lambda: admin(admin_port, "GET", "/status")["totals"]["restarts"] == 1, 30,
                    what="Swarm's replacement counted as a restart")
         assert admin(admin_port, "POST", "/scale", {"replicas": 3})["message"] == \
@@ -170,3 +177,56 @@ def test_swarm_rollout_and_the_automatic_rollback_of_an_image_that_never_answers
         load.stop()
     assert len(load.statuses) > 100 and load.failures() == [], load.failures()[:5]
     process.wait_for_line(r"rollout: rollback_completed")
+
+
+def test_swarm_logs_come_through_the_manager_named_by_slot_and_a_crash_says_its_last_lines(
+        one_node_swarm, service_removed, run_nmc, cluster_name):
+    base = free_port_block(1)
+    url = f"http://127.0.0.1:{base}"
+    process = run_nmc("--swarm", "--name", cluster_name, "--bind", "127.0.0.1", "--port",
+                      str(base), "-n", "2", "-q")
+    process.wait_serving(120)
+    start = len(process.lines)
+    assert get(url + "/crash").text == "crashing\n"  # then the task exits with code 1
+    process.wait_for_line(
+        rf"replica {cluster_name}\.\d exited with code 1 after [\d.]+s in the rotation; its last "
+        r"log lines: .*/crash requested", start=start, timeout=30)
+    process.wait_for_line(r"starting -> ready", start=start, timeout=30)
+    assert sum("in the rotation; its last log lines" in line for line in process.lines[start:]) == 1
+    logs = subprocess.run([sys.executable, "nmc_server.py", "logs", "--name", cluster_name],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert logs.returncode == 0, logs.stderr
+    lines = logs.stdout.splitlines()
+    for slot in (1, 2):  # each slot's tasks, the crashed one's included, by the slot's name
+        assert any(re.match(rf"{cluster_name}\.{slot} \| listening on :8080 as "
+                            rf"{cluster_name}\.{slot} ", line) for line in lines), logs.stdout
+    assert sum("/crash requested" in line for line in lines) == 1, logs.stdout
+    assert "Traceback" not in process.log
+
+
+def test_swarm_under_gunicorn_follows_a_killed_task_and_fails_no_request(
+        one_node_swarm, service_removed, cluster_name, docker_client, tmp_path):
+    port = free_port_block(1)
+    url = f"http://127.0.0.1:{port}"
+    gunicorn = NmcProcess(["-k", "gevent", "-w", "2", "-b", f"127.0.0.1:{port}", "nmc.wsgi:app"],
+                          env={"NMC_SWARM": "1", "NMC_NAME": cluster_name, "NMC_REPLICAS": "2",
+                               "NMC_QUIET": "1", "NMC_ADMIN_PORT": "0", "NMC_RUN_DIR": str(tmp_path)},
+                          command=[sys.executable, "-m", "gunicorn"])
+    try:
+        gunicorn.wait_for_line(r"supervises cluster", timeout=60)
+        wait_until(lambda: {get(url + "/whoami").headers["X-Served-By"] for _ in range(8)}
+                   == {f"{cluster_name}.1", f"{cluster_name}.2"}, 60, what="both tasks serving")
+        load = Load(url, clients=4, limit=90)
+        try:
+            kill_a_task(docker_client, cluster_name, gunicorn)
+            wait_until(lambda: len(tasks(cluster_name)) == 2, 30, what="two running tasks")
+        finally:
+            load.stop()
+        assert len(load.statuses) > 100 and load.failures() == [], load.failures()[:5]
+        gunicorn.signal(signal.SIGTERM)
+        assert gunicorn.wait_exit(60) == 0
+        assert subprocess.run(["docker", "service", "inspect", cluster_name],
+                              capture_output=True).returncode != 0, "the service was not removed"
+        assert "Traceback" not in gunicorn.log
+    finally:
+        gunicorn.stop()
