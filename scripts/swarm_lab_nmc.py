@@ -4,9 +4,10 @@ through its socket, relaying to tasks on all three nodes; node 3's dockerd kille
 
 Needs the lab up (`scripts/swarm_lab.py up`) with every node Ready. Runs nmc_server.py from this
 checkout with the project's .venv (or this Python), sends 4 clients of GET /whoami through it,
-and reports: the time from start to the first served request, the requests per node, the node
-loss (when the node was marked down, when every slot served again on the others) and the failed
-requests out of those sent, in bench/results/swarm-lab-nmc-<time>.md. Traffic goes only to
+and reports: the time from start to the first served request, the requests per node, the lines
+of `nmc-server logs` per node (read through the manager), the node loss (when the node was
+marked down, when every slot served again on the others) and the failed requests out of those
+sent, in bench/results/swarm-lab-nmc-<time>.md. Traffic goes only to
 127.0.0.1 (nmc) and, from nmc, to the lab's 10.213.0.x addresses. Every wait has a deadline.
 Exit code 0 when no request failed and every check held.
 """
@@ -113,6 +114,7 @@ def run() -> dict:
                      f"nmc serving {REPLICAS} ready replicas")
         result["first_served_seconds"] = round(time.monotonic() - started, 1)
         result["spread_before"] = dict(Counter(task_nodes().values()))
+        result["log_lines_by_node"] = log_lines_by_node(env)
         load = Load()
         time.sleep(3)
         result["served_by_node_before"] = served_by_node(load.served)
@@ -152,6 +154,17 @@ def run() -> dict:
     return result
 
 
+def log_lines_by_node(env: dict) -> dict[str, int]:
+    """`nmc-server logs --name SERVICE` through the manager: its lines, counted by the node of
+    the task (slot) that logged them."""
+    out = subprocess.run([python(), str(ROOT / "nmc_server.py"), "logs", "--name", SERVICE],
+                         env=env, capture_output=True, text=True, timeout=60, cwd=ROOT,
+                         stdin=subprocess.DEVNULL).stdout
+    where = task_nodes()
+    return dict(Counter(where.get(line.split(" |")[0].strip(), "?") for line in out.splitlines()
+                        if " |" in line))
+
+
 def served_by_node(served: list[str]) -> dict[str, int]:
     where = task_nodes()
     return dict(Counter(where.get(name, "?") for name in served))
@@ -166,6 +179,7 @@ def report(result: dict, folder: Path) -> Path:
              f"- start to every replica ready and served: {result.get('first_served_seconds')} s",
              f"- tasks per node before: {result.get('spread_before')}",
              f"- requests per node before the loss: {result.get('served_by_node_before')}",
+             f"- lines of `nmc-server logs` per node: {result.get('log_lines_by_node')}",
              f"- node {lab.KILLED_NODE}'s dockerd killed: marked down after "
              f"{result.get('node_down_seconds')} s, every slot serving again on the others "
              f"after {result.get('served_again_seconds')} s",

@@ -112,6 +112,7 @@ def test_nmc_on_the_swarm_lab_relays_to_every_node_and_fails_no_request_when_one
     assert set(r["spread_before"]) == names, r  # tasks on all three nodes ...
     # ... and requests reaching every one ("?": a replica whose task was not listed at that moment)
     assert names <= set(r["served_by_node_before"]), r
+    assert names <= set(r["log_lines_by_node"]), r  # `nmc-server logs` reads every node's tasks
     assert lab.NETNS.format(lab.KILLED_NODE) not in r["spread_after"], r
     assert sum(r["spread_after"].values()) == 6
     assert r["sent"] > 100 and r["failed"] == 0, r["failures"]
