@@ -129,8 +129,9 @@ def docker_host() -> str:
     return os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
 
 
-def _engine_call(what: str):
-    """Turn the SDK's exceptions into one-line EngineErrors that say what nmc was doing."""
+def engine_call(what: str):
+    """Turn the SDK's exceptions into one-line EngineErrors that say what nmc was doing (for
+    both backends: containers and swarm)."""
 
     def decorate(fn):
         @functools.wraps(fn)
@@ -140,7 +141,7 @@ def _engine_call(what: str):
             except NmcError:
                 raise
             except docker.errors.APIError as e:
-                raise EngineError(f"Docker engine refused to {what}: {_explain(e)}") from e
+                raise EngineError(f"Docker engine refused to {what}: {explain(e)}") from e
             except (docker.errors.DockerException, requests.exceptions.RequestException) as e:
                 raise EngineUnreachable(f"lost the Docker engine at {docker_host()} while trying "
                                         f"to {what} ({_root_reason(e)})") from e
@@ -150,7 +151,7 @@ def _engine_call(what: str):
     return decorate
 
 
-def _first_line(e: BaseException) -> str:
+def first_line(e: BaseException) -> str:
     text = str(e).strip()
     return text.splitlines()[0] if text else type(e).__name__
 
@@ -170,11 +171,11 @@ def _root_reason(e: BaseException) -> str:
         stack.extend(arg for arg in getattr(current, "args", ()) if isinstance(arg, BaseException))
         stack.extend(x for x in (current.__cause__, current.__context__, getattr(current, "reason", None))
                      if isinstance(x, BaseException))
-    return _first_line(e)
+    return first_line(e)
 
 
-def _explain(e: docker.errors.APIError) -> str:
-    return _first_line(getattr(e, "explanation", None) or e)
+def explain(e: docker.errors.APIError) -> str:
+    return first_line(getattr(e, "explanation", None) or e)
 
 
 class Engine:
@@ -190,7 +191,7 @@ class Engine:
             client.ping()
         except (docker.errors.DockerException, requests.exceptions.RequestException) as e:
             raise EngineUnreachable(
-                f"cannot reach the Docker engine at {docker_host()} ({_first_line(e)}): "
+                f"cannot reach the Docker engine at {docker_host()} ({first_line(e)}): "
                 "start Docker (Docker Desktop, `sudo systemctl start docker`, "
                 "or `scripts/ensure-docker.sh` as root) and try again") from e
         return cls(client)
@@ -198,7 +199,7 @@ class Engine:
     def close(self) -> None:
         self.client.close()
 
-    @_engine_call("look up the image")
+    @engine_call("look up the image")
     def image_id(self, image: str) -> str:
         try:
             return self.client.images.get(image).id
@@ -224,12 +225,12 @@ class Engine:
                         progress(line.rstrip())
                 image_id = (chunk.get("aux") or {}).get("ID", image_id)
         except (docker.errors.DockerException, requests.exceptions.RequestException) as e:
-            raise BuildFailed(f"building {context} failed: {_first_line(e)}") from e
+            raise BuildFailed(f"building {context} failed: {first_line(e)}") from e
         except OSError as e:  # reading the folder
             raise BuildFailed(f"building {context} failed: {e.strerror}: {e.filename}") from e
         return image_id or self.image_id(tag)
 
-    @_engine_call("list the cluster's containers")
+    @engine_call("list the cluster's containers")
     def list_cluster(self, cluster: str) -> list[ContainerInfo]:
         containers = self.client.api.containers(all=True, filters={"label": f"{LABEL_CLUSTER}={cluster}"})
         infos = []
@@ -239,7 +240,7 @@ class Engine:
                 infos.append(info)
         return infos
 
-    @_engine_call("inspect a container")
+    @engine_call("inspect a container")
     def inspect(self, container: str) -> ContainerInfo | None:
         """By id or name; None when there is no such container."""
         try:
@@ -247,7 +248,7 @@ class Engine:
         except docker.errors.NotFound:
             return None
 
-    @_engine_call("start a replica")
+    @engine_call("start a replica")
     def run(self, spec: ReplicaSpec, image_id: str) -> ContainerInfo:
         """Create and start a replica's container; on failure nothing is left behind."""
         holder = self.inspect(spec.name)
@@ -273,7 +274,7 @@ class Engine:
             container.start()
         except docker.errors.APIError as e:
             self._remove_quietly(container.id)
-            text = _explain(e)
+            text = explain(e)
             if "address already in use" in text or "port is already allocated" in text:
                 raise PortBusy(f"host port {spec.host_port} is already in use: stop what holds it "
                                "or choose another --base-port") from e
@@ -283,7 +284,7 @@ class Engine:
             raise
         return self.inspect(container.id) or ContainerInfo.from_attrs(container.attrs)
 
-    @_engine_call("remove a container")
+    @engine_call("remove a container")
     def remove(self, container: str, stop_timeout: float = 5) -> None:
         """Stop (SIGTERM, then SIGKILL after stop_timeout) and remove; gone already is fine."""
         try:
@@ -293,10 +294,10 @@ class Engine:
         except docker.errors.NotFound:
             pass
         except docker.errors.APIError as e:
-            if "already in progress" not in _explain(e):
+            if "already in progress" not in explain(e):
                 raise
 
-    @_engine_call("stop a container")
+    @engine_call("stop a container")
     def stop(self, container: str, stop_timeout: float = 5) -> None:
         """SIGTERM, then SIGKILL after stop_timeout; the container stays (gone already is fine)."""
         try:
@@ -308,16 +309,16 @@ class Engine:
         try:
             self.client.api.remove_container(container, force=True)
         except docker.errors.DockerException as e:
-            log.warning("could not remove container %s: %s", container[:12], _first_line(e))
+            log.warning("could not remove container %s: %s", container[:12], first_line(e))
 
-    @_engine_call("follow the engine's events")
+    @engine_call("follow the engine's events")
     def events(self, cluster: str) -> "EventStream":
         """The cluster's container events from now on; EngineError when the stream cannot open."""
         stream = self.client.events(decode=True, filters={
             "type": "container", "label": f"{LABEL_CLUSTER}={cluster}"})
         return EventStream(stream)
 
-    @_engine_call("read a container's logs")
+    @engine_call("read a container's logs")
     def tail_logs(self, container: str, lines: int = 10) -> list[str]:
         try:
             raw = self.client.api.logs(container, tail=lines)
@@ -326,7 +327,7 @@ class Engine:
         return raw.decode("utf-8", "replace").splitlines()
 
 
-    @_engine_call("read a container's logs")
+    @engine_call("read a container's logs")
     def logs_until(self, container: str, until: float) -> list[tuple[str, str]]:
         """Every line the container logged before `until` (epoch seconds), as (RFC 3339
         timestamp, text)."""
@@ -346,7 +347,7 @@ class Engine:
         except docker.errors.NotFound:
             return
         except (docker.errors.DockerException, requests.exceptions.RequestException) as e:
-            raise EngineError(f"cannot read the logs of {container[:12]}: {_first_line(e)}") from e
+            raise EngineError(f"cannot read the logs of {container[:12]}: {first_line(e)}") from e
         pending = b""
         try:
             for chunk in chunks:

@@ -25,8 +25,8 @@ import requests
 
 from nmc.backend import Address, EngineError, Event, Happening, Instance
 from nmc.config import Config
-from nmc.containers import (LABEL_CLUSTER, LABEL_SETTINGS, STOPPING_SIGNALS, Engine, _engine_call,
-                            _explain, _first_line, settings_hash)
+from nmc.containers import (LABEL_CLUSTER, LABEL_SETTINGS, STOPPING_SIGNALS, Engine, engine_call,
+                            explain, first_line, settings_hash)
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ class SwarmBackend:
         self._require_manager()
         self.logs = ServiceLogs(self.api, self.name)
 
-    @_engine_call("ask whether it is a swarm manager")
+    @engine_call("ask whether it is a swarm manager")
     def _require_manager(self) -> None:
         swarm = self.engine.client.info().get("Swarm") or {}
         if not swarm.get("ControlAvailable"):
@@ -96,7 +96,7 @@ class SwarmBackend:
         self._say_if_other_nodes_need(image)
         return self.service.roll_out(image, image_id, surge, progress)
 
-    @_engine_call("list the swarm's nodes")
+    @engine_call("list the swarm's nodes")
     def _say_if_other_nodes_need(self, image: str) -> None:
         """An image from no registry (a --build, a `docker build`) may be on this node only: say
         that the swarm's other nodes need it, or Swarm fails their tasks ('No such image')."""
@@ -115,7 +115,7 @@ class SwarmBackend:
 
     # -- tasks -------------------------------------------------------------------------------
 
-    @_engine_call("list the service's tasks")
+    @engine_call("list the service's tasks")
     def _tasks(self, running_only: bool = True) -> list[dict]:
         filters = {"service": self.name}
         if running_only:
@@ -157,7 +157,7 @@ class SwarmBackend:
         task = max(failed, key=lambda task: task["Status"].get("Timestamp", ""))
         return f" (its last task {task['Status']['State']}: {task['Status']['Err']})"
 
-    @_engine_call("inspect a task")
+    @engine_call("inspect a task")
     def inspect(self, instance_id: str) -> Instance | None:
         try:
             return self._instance(self.api.inspect_task(instance_id))
@@ -256,7 +256,7 @@ class SwarmService:
         return settings_hash(image_id, config.container_port, config.replica_env,
                              config.health_path, config.start_timeout)
 
-    @_engine_call("create or update the swarm service")
+    @engine_call("create or update the swarm service")
     def prepare(self, count: int, image_id: str) -> None:
         """The service runs `count` tasks of `image_id`: created, adopted as it is when its
         settings match, else replaced; only its replica count changes otherwise."""
@@ -310,7 +310,7 @@ class SwarmService:
         return {"Test": ["CMD", "node", "-e", probe], "Interval": second // 2,
                 "Timeout": 2 * second, "Retries": 3, "StartPeriod": int(self.config.start_timeout * second)}
 
-    @_engine_call("roll out a new image to the swarm service")
+    @engine_call("roll out a new image to the swarm service")
     def roll_out(self, image: str, image_id: str, surge: int, progress) -> str:
         """Swarm's own rolling update, start-first, `surge` tasks at a time, rolled back by
         Swarm when a new task fails; `progress(text)` hears each new word of its UpdateStatus.
@@ -354,7 +354,7 @@ class SwarmService:
                     endpoint_spec=spec.get("EndpointSpec"), fetch_current_spec=False)
                 return
             except docker.errors.APIError as e:
-                if attempt == 2 or "out of sequence" not in _explain(e):
+                if attempt == 2 or "out of sequence" not in explain(e):
                     raise
 
     def inspect(self) -> dict | None:
@@ -368,7 +368,7 @@ class SwarmService:
         while self.inspect() is not None and time.monotonic() < deadline:
             time.sleep(TASK_WAIT_POLL)
 
-    @_engine_call("remove the swarm service")
+    @engine_call("remove the swarm service")
     def remove(self) -> None:
         """Remove the service: Swarm stops its tasks (SIGTERM: they finish what they have)."""
         try:
@@ -409,7 +409,7 @@ class ServiceLogs:
             return None
         return cls(api, cluster)
 
-    @_engine_call("list the service's tasks")
+    @engine_call("list the service's tasks")
     def names(self) -> list[str]:
         """The names of the service's slots that have tasks, old ones included."""
         tasks = self.api.tasks(filters={"service": self.name})
@@ -432,7 +432,7 @@ class ServiceLogs:
         except docker.errors.NotFound:
             return
         except (docker.errors.DockerException, requests.exceptions.RequestException) as e:
-            raise EngineError(f"cannot read the logs of service {self.name}: {_first_line(e)}") from e
+            raise EngineError(f"cannot read the logs of service {self.name}: {first_line(e)}") from e
 
     def _parse(self, raw: str) -> LogLine | None:
         """`<stamp> <details> <text>`, the details naming the task."""
