@@ -99,7 +99,7 @@ class Changes:
             outdated = [r for r in self.in_service() if r.state not in BEING_REPLACED
                         and r.instance is not None and r.instance.image_id != new_id]
             if not outdated:
-                return f"nothing to roll out: every replica runs {image} ({short_image(new_id)})"
+                return nothing_to_roll_out(image, new_id)
             old_image, old_id = lifecycle.image, lifecycle.image_id
             log.info("rolling out %s (%s) to %d replicas, %d at a time", image,
                      short_image(new_id), len(outdated), surge)
@@ -126,7 +126,7 @@ class Changes:
         lifecycle = self.lifecycle
         new_id = lifecycle.backend.image_id(image)
         if all(r.instance is not None and r.instance.image_id == new_id for r in self.in_service()):
-            return f"nothing to roll out: every replica runs {image} ({short_image(new_id)})"
+            return nothing_to_roll_out(image, new_id)
         old_image, old_id = lifecycle.image, lifecycle.image_id
         lifecycle.image, lifecycle.image_id = image, new_id
         log.info("rolling out %s (%s) to %d replicas, %d at a time, by the %s", image,
@@ -193,3 +193,7 @@ def leaving_order(replicas: list[Replica]) -> list[Replica]:
 
 def short_image(image_id: str) -> str:
     return image_id.split(":", 1)[-1][:12]
+
+
+def nothing_to_roll_out(image: str, image_id: str) -> str:
+    return f"nothing to roll out: every replica runs {image} ({short_image(image_id)})"
