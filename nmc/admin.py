@@ -17,12 +17,13 @@ import importlib.resources
 import ipaddress
 import json
 import time
-from typing import Protocol
+from typing import Callable, Protocol
 
 import requests
 
 from nmc import metrics
 from nmc.config import Config
+from nmc.counters import RelayCounters
 from nmc.errors import NmcError, UsageError
 from nmc.pool import Pool
 from nmc.replica import Replica, State
@@ -63,12 +64,15 @@ class Control(Protocol):
 
 
 class AdminApp:
-    """WSGI application of the admin listener."""
+    """WSGI application of the admin listener. `counts(replica)`: the relay's counts of it,
+    this process's own by default (under gunicorn, every worker's: nmc.workers.SharedCounts)."""
 
-    def __init__(self, config: Config, control: Control, started: float | None = None):
+    def __init__(self, config: Config, control: Control, started: float | None = None,
+                 counts: Callable[[Replica], RelayCounters] | None = None):
         self.config = config
         self.control = control
         self.started = started or time.time()
+        self.counts = counts or own_counts
         self._dashboard: bytes | None = None
 
     def __call__(self, environ, start_response):
@@ -84,7 +88,7 @@ class AdminApp:
             ("POST", "/rollout"): self.rollout,
         }
         if (method, path) == ("GET", "/metrics"):
-            body = metrics.exposition(self.control.pool)
+            body = metrics.exposition(self.control.pool, self.counts)
             start_response("200 OK", [("Content-Type", metrics.CONTENT_TYPE_LATEST),
                                       ("Content-Length", str(len(body)))])
             return [body]
@@ -120,7 +124,7 @@ class AdminApp:
         return self._dashboard
 
     def status(self, environ) -> dict:
-        replicas = [replica_status(r) for r in self.control.pool]
+        replicas = [replica_status(r, self.counts(r)) for r in self.control.pool]
         return {
             "cluster": self.config.name,
             "image": self.control.image,
@@ -159,8 +163,12 @@ class AdminApp:
         return {"message": self.control.rollout(image, surge)}
 
 
-def replica_status(replica: Replica) -> dict:
-    relay, instance, address = replica.relay, replica.instance, replica.address
+def own_counts(replica: Replica) -> RelayCounters:
+    return replica.relay
+
+
+def replica_status(replica: Replica, relay: RelayCounters) -> dict:
+    instance, address = replica.instance, replica.address
     return {
         "name": replica.name,
         "slot": replica.slot,

@@ -61,5 +61,5 @@ class Cluster:
         if self._reports is not None:
             self._reports.report_failure(replica, reason)
 
-    def admin_app(self, started: float | None = None) -> AdminApp:
-        return AdminApp(self.config, self.supervisor, started)
+    def admin_app(self, started: float | None = None, counts=None) -> AdminApp:
+        return AdminApp(self.config, self.supervisor, started, counts)

@@ -22,8 +22,9 @@ __all__ = ["CONTENT_TYPE_LATEST", "exposition"]
 
 
 class ClusterCollector:
-    def __init__(self, pool: Pool):
+    def __init__(self, pool: Pool, counts):
         self.pool = pool
+        self.counts = counts  # replica -> its RelayCounters (nmc.admin.AdminApp.counts)
 
     def collect(self):
         replicas = list(self.pool)
@@ -45,7 +46,7 @@ class ClusterCollector:
         bytes_out = CounterMetricFamily("nmc_response_body_bytes", "Answer body bytes received "
                                         "from the replica", labels=["replica"])
         for replica in replicas:
-            stats, name = replica.relay, replica.name
+            stats, name = self.counts(replica), replica.name
             for code, count in stats.by_class.items():
                 requests.add_metric([name, code], count)
             buckets = [(bound if bound == "+Inf" else repr(bound), count)
@@ -73,7 +74,7 @@ class ClusterCollector:
                     bytes_in, bytes_out)
 
 
-def exposition(pool: Pool) -> bytes:
+def exposition(pool: Pool, counts) -> bytes:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(ClusterCollector(pool))
+    registry.register(ClusterCollector(pool, counts))
     return generate_latest(registry)

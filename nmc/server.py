@@ -356,7 +356,7 @@ class NmcServer:
                                     max_connections=self.config.max_connections,
                                     header_timeout=self.config.header_timeout,
                                     idle_timeout=self.config.idle_timeout,
-                                    log=None, error_log=_ErrorLog())
+                                    log=None, error_log=ErrorLog())
             self.http.start()
             self.supervisor.watch()
             shown = "localhost" if self.config.bind in ("0.0.0.0", "::") else self.config.bind
@@ -366,7 +366,7 @@ class NmcServer:
                                                f"{self.config.replica_ports[-1]}")
             if admin_listener is not None:
                 self.admin = WSGIServer(admin_listener, cluster.admin_app(), log=None,
-                                        error_log=_ErrorLog())
+                                        error_log=ErrorLog())
                 self.admin.start()
                 log.info("admin interface on http://%s:%d (status, scale, rollout)",
                          self.config.admin_bind, self.config.admin_port)
@@ -455,7 +455,7 @@ class NmcServer:
         log.info("stopped%s", " (replicas left running: --keep)" if keep else "")
 
 
-class _ErrorLog:
+class ErrorLog:
     """pywsgi's error_log: one log line, never a traceback on the console."""
 
     def write(self, text: str) -> None:

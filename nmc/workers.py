@@ -10,6 +10,9 @@ Every worker relays requests over its own copy of the replica pool; exactly one 
 - The leader publishes the replicas' states to `<run dir>/<cluster name>.json` (written whole,
   then renamed into place) whenever they change; followers read it when its mtime changes, so
   every worker learns of a replacement within about STATE_POLL seconds.
+- Every worker writes its relay counts to `<run dir>/<cluster name>.counts/` (nmc.shared_counts),
+  and the leader serves the admin interface (status, metrics, dashboard, scale, rollout) with
+  the sum of all of them, and `--logs`; a new leader binds the admin port again.
 - A follower that sees a replica refuse or break a connection takes it out of its own rotation at
   once and probes it itself; it comes back after --healthy-after passing probes (the leader's
   thresholds) or on the leader's next word.
@@ -28,13 +31,14 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import gevent
 import gevent.event
+from gevent.pywsgi import WSGIServer
 
 from nmc.backend import Address, Instance
 from nmc.cluster import Cluster, make_backend
@@ -44,6 +48,10 @@ from nmc.errors import NmcError, capture
 from nmc.health import CheckCounts, HealthChecker, Verdict
 from nmc.pool import Pool
 from nmc.replica import Replica, State
+from nmc.logs import follow_live
+from nmc.run_dir import alive, run_dir, write_whole
+from nmc.server import ErrorLog, PortInUse, bind_listener
+from nmc.shared_counts import SharedCounts
 from nmc.supervisor import Supervisor, thresholds_of
 
 log = logging.getLogger(__name__)
@@ -55,15 +63,7 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
 SIBLINGS_WAIT_POLL = 0.1
 WORKER_BOOT_ERROR = 3  # gunicorn's arbiter halts the whole server on a worker exiting with it
 QUIET_EXIT_WAIT = 5
-
-
-def run_dir() -> Path:
-    """Where the lease and the state file live: NMC_RUN_DIR, else a per-user folder."""
-    configured = os.environ.get("NMC_RUN_DIR")
-    if configured:
-        return Path(configured)
-    base = os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
-    return Path(base) / f"nmc-{os.getuid()}"
+ADMIN_BIND_WAIT = 5  # seconds a new leader waits for the admin port to be free
 
 
 def fail_boot(message: str) -> None:
@@ -75,7 +75,7 @@ def fail_boot(message: str) -> None:
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     master = os.getppid()
     for stale in folder.glob("boot-failed-*"):  # markers of masters that are gone
-        if not _alive(int(stale.name.rsplit("-", 1)[1])):
+        if not alive(int(stale.name.rsplit("-", 1)[1])):
             stale.unlink(missing_ok=True)
     try:
         os.close(os.open(folder / f"boot-failed-{master}", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
@@ -90,16 +90,6 @@ def fail_boot(message: str) -> None:
 def boot_failed() -> bool:
     """A worker of this master already failed to boot: the server is halting."""
     return (run_dir() / f"boot-failed-{os.getppid()}").exists()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class Lease:
@@ -149,13 +139,7 @@ class StateFile:
                 for r in pool]
 
     def publish(self, replicas: list[dict]) -> None:
-        data = json.dumps({"leader": os.getpid(), "replicas": replicas}).encode()
-        fd, temporary = tempfile.mkstemp(dir=self.path.parent, prefix=self.path.name + ".")
-        try:
-            os.write(fd, data)
-        finally:
-            os.close(fd)
-        os.replace(temporary, self.path)  # readers see the old file or the new one, never half
+        write_whole(self.path, json.dumps({"leader": os.getpid(), "replicas": replicas}).encode())
 
     def read_if_changed(self) -> list[dict] | None:
         """The replicas, when the file changed since the last read; else None."""
@@ -222,6 +206,9 @@ class Worker:
         folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.lease = Lease(folder / f"{config.name}.lock")
         self.state_file = StateFile(folder / f"{config.name}.json")
+        self.counts = SharedCounts(folder / f"{config.name}.counts", self.pool)
+        self.admin: WSGIServer | None = None
+        self._replica_logs: gevent.Greenlet | None = None  # --logs
         self.supervisor: Supervisor | None = None
         self.checker = HealthChecker(config.health_path, config.check_timeout)
         self.stopping = gevent.event.Event()  # this worker was told to stop
@@ -268,6 +255,7 @@ class Worker:
         replicas = self.state_file.read_if_changed()
         if replicas is not None:
             apply_snapshot(self.pool, replicas)
+        self.counts.publish()
 
     def _lead(self) -> None:
         log.info("worker %d supervises cluster %s", os.getpid(), self.config.name)
@@ -276,7 +264,9 @@ class Worker:
         for replica in self.pool:
             replica.serve_with(None)
         try:
-            self.supervisor = self.cluster.supervise(make_backend(Engine.connect(), self.config))
+            admin_listener = self._bind_admin()
+            engine = Engine.connect()
+            self.supervisor = self.cluster.supervise(make_backend(engine, self.config))
             error = capture(self.supervisor.start)
         except NmcError as e:
             error = e
@@ -284,15 +274,43 @@ class Worker:
             self._give_up(error)
             return
         self.supervisor.watch()
+        self._serve_admin(admin_listener)
+        if self.config.logs:
+            self._replica_logs = gevent.spawn(follow_live, engine, self.config.name, time.time())
         published = None
         while True:  # until the process ends: at_exit stops the supervisor
             snapshot = StateFile.snapshot(self.pool)
             if snapshot != published:
                 self.state_file.publish(snapshot)
                 published = snapshot
+            self.counts.publish()
             if not self.stopping.is_set():
                 self._siblings = master_children(self.master)
             gevent.sleep(STATE_POLL)
+
+    def _bind_admin(self) -> socket.socket | None:
+        """The admin port, bound before the replicas start, as ./nmc_server.py does; a leader
+        that takes over waits a moment for the last one's listener to close."""
+        if not self.config.admin_port:
+            return None
+        deadline = time.monotonic() + ADMIN_BIND_WAIT
+        while True:
+            try:
+                return bind_listener(self.config.admin_bind, self.config.admin_port,
+                                     "--admin-port (0 turns it off)")
+            except PortInUse:
+                if time.monotonic() >= deadline:
+                    raise
+                gevent.sleep(STATE_POLL)
+
+    def _serve_admin(self, listener: socket.socket | None) -> None:
+        if listener is None:
+            return
+        self.admin = WSGIServer(listener, self.cluster.admin_app(counts=self.counts.of), log=None,
+                                error_log=ErrorLog())
+        self.admin.start()
+        log.info("admin interface on http://%s:%d (status, scale, rollout)",
+                 self.config.admin_bind, self.config.admin_port)
 
     def _give_up(self, error: NmcError) -> None:
         """The cluster cannot start: remove what was started, say why once, and make gunicorn
@@ -331,9 +349,14 @@ class Worker:
     def at_exit(self) -> None:
         """The worker process is ending. A leader hands the replicas over to the next leader, or,
         when the whole server is shutting down, removes them once its siblings are done."""
+        self.counts.publish(final=True)
         if self.supervisor is None:
             return
         self._loop.kill(block=False)
+        if self._replica_logs is not None:
+            self._replica_logs.kill(block=False)
+        if self.admin is not None:
+            self.admin.close()  # the next leader binds the port
         shutting_down = self._siblings_at_stop is not None and not self._new_siblings()
         if not shutting_down:
             self.supervisor.stop(remove=False, reason="handed over to the next worker")
@@ -343,6 +366,7 @@ class Worker:
         keep = self.config.keep
         self.supervisor.stop(remove=not keep, stop_timeout=5)
         self.state_file.path.unlink(missing_ok=True)  # the lock file stays: see Lease
+        self.counts.remove_all()
         self.lease.release()
         log.info("stopped%s", " (replicas left running: --keep)" if keep else "")
 

@@ -23,6 +23,7 @@ from nmc.cluster import Cluster
 from nmc.config import Config
 from nmc.errors import NmcError
 from nmc.proxy import Proxy
+from nmc.server import open_access_log
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,11 @@ def create_app(**options) -> Proxy:
     except NmcError as e:
         _fail(f"{e} (from the NMC_* environment or create_app)")
     _setup_logging(config.quiet)
-    cluster = Cluster(config)
+    try:
+        access_log = open_access_log(config.access_log)
+    except NmcError as e:
+        _fail(str(e))
+    cluster = Cluster(config, access_log)
     Worker(config, cluster).start()
     return cluster.proxy
 

@@ -30,9 +30,10 @@ class Gunicorn:
     """gunicorn serving nmc.wsgi:app for one test's cluster."""
 
     def __init__(self, cluster_name: str, run_dir, workers: int = 3, env: dict | None = None,
-                 args: tuple[str, ...] = ()):
-        base = free_port_block(3)
-        self.port = base + 2
+                 args: tuple[str, ...] = (), replica_room: int = 2):
+        """`replica_room`: the free ports kept for replicas (a scale up takes the next ones)."""
+        base = free_port_block(replica_room + 1)
+        self.port = base + replica_room
         self.replica_ports = [base, base + 1]
         self.url = f"http://127.0.0.1:{self.port}"
         self.process = NmcProcess(
@@ -40,7 +41,7 @@ class Gunicorn:
              "--graceful-timeout", "10", *args, "nmc.wsgi:app"],
             env={"NMC_NAME": cluster_name, "NMC_BASE_PORT": str(base), "NMC_REPLICAS": "2",
                  "NMC_IMAGE": IMAGE, "NMC_CHECK_INTERVAL": "1", "NMC_QUIET": "1",
-                 "NMC_RUN_DIR": str(run_dir), **(env or {})},
+                 "NMC_RUN_DIR": str(run_dir), "NMC_ADMIN_PORT": "0", **(env or {})},
             command=[sys.executable, "-m", "gunicorn"])
 
     @property
