@@ -8,7 +8,7 @@ Configs (all but pm2-i2 and gunicorn-w2 relay to the SAME two replicas, those of
   `direct`      wrk straight at 127.0.0.1:B (one replica: the limit)
   `nginx-w1`    nginx, 1 worker, round-robin upstream B/B+1, keepalive 256 (bench/nginx.conf.tmpl)
   `naive`       bench/naive_proxy.py (gevent pywsgi + one default requests.Session)
-  `gunicorn-w2` gunicorn -k gevent -w 2 nmc.wsgi:app with NMC_* variables: a cluster of its own
+  `gunicorn-w2` gunicorn -c python:nmc.gunicorn_conf -w 2 nmc.wsgi:app with NMC_* variables: a cluster of its own
                 (nmc-bench-<rand>-g, 2 replicas of the same image on ports G/G+1), since its
                 supervising worker starts and removes its replicas itself
   `pm2-i2`      PM2 cluster mode running the site itself (nodejs/server.js -i 2, no containers,
@@ -249,7 +249,7 @@ class Run:
         # gunicorn's defaults would cap and cut the idle test (--worker-connections 1000 per
         # worker, --keep-alive 2 s): each worker gets nmc's own --max-connections 10000 and
         # --idle-timeout 60 instead. No control socket: not in $HOME, shared with other runs.
-        opts = ["-k", "gevent", "-w", "2", "-b", f"127.0.0.1:{port}",
+        opts = ["-c", "python:nmc.gunicorn_conf", "-w", "2", "-b", f"127.0.0.1:{port}",
                 "--worker-connections", "10000", "--keep-alive", "60"]
         if "--no-control-socket" in cmd_out([gunicorn, "--help"]):
             opts.append("--no-control-socket")

@@ -1,5 +1,8 @@
-"""The folder where gunicorn's workers of one cluster meet (the lease, the state file, the
-counts), and the two things they do with it: write a file whole, and ask whether a worker lives."""
+"""The folder where gunicorn's master and workers meet (the lease, the state file, the counts,
+the note that the master shuts down), and what they do with it: write a file whole, ask whether
+a worker lives, say and ask whether the server is shutting down.
+
+Only the standard library here: gunicorn's master imports it (nmc.gunicorn_conf)."""
 
 from __future__ import annotations
 
@@ -36,3 +39,24 @@ def alive(pid: int) -> bool:
     except PermissionError:
         return True  # someone else's
     return True
+
+
+def _shutdown_note(master: int) -> Path:
+    return run_dir() / f"shutdown-{master}"
+
+
+def note_shutdown(master: int) -> None:
+    """gunicorn's master `master` stops its workers for good (nmc.gunicorn_conf)."""
+    folder = run_dir()
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    _shutdown_note(master).touch()
+
+
+def shutting_down(master: int) -> bool:
+    """Whether the master stops its workers for good (else a worker ends for a reload, for
+    --max-requests, or after a crash: the next one takes over)."""
+    return _shutdown_note(master).exists()
+
+
+def forget_shutdown(master: int) -> None:
+    _shutdown_note(master).unlink(missing_ok=True)

@@ -16,16 +16,15 @@ Every worker relays requests over its own copy of the replica pool; exactly one 
 - A follower that sees a replica refuse or break a connection takes it out of its own rotation at
   once and probes it itself; it comes back after --healthy-after passing probes (the leader's
   thresholds) or on the leader's next word.
-- When the leader's worker is told to stop (SIGTERM, SIGINT, SIGQUIT), it tells a reload from a
-  shutdown by its siblings: a graceful reload (HUP) forks the new workers before it stops the old
-  ones, so a child of the master that was not there a moment before means "hand over"; none
-  means the master is shutting down, and the leader waits for its siblings to finish their
-  requests, then removes the replicas (unless --keep).
+- gunicorn tells nmc of its life through the hooks in nmc.gunicorn_conf (`-c
+  python:nmc.gunicorn_conf`, required). When the leader's worker ends, it hands the replicas
+  over to the next leader (a reload, --max-requests, a crash), unless the master is shutting
+  down: then it waits for the other workers to finish their requests (each holds a shared flock
+  on `<cluster name>.workers` while it lives) and removes the replicas (unless --keep).
 """
 
 from __future__ import annotations
 
-import atexit
 import fcntl
 import json
 import logging
@@ -37,7 +36,6 @@ import time
 from pathlib import Path
 
 import gevent
-import gevent.event
 from gevent.pywsgi import WSGIServer
 
 from nmc.backend import Address, Instance
@@ -49,7 +47,7 @@ from nmc.health import CheckCounts, HealthChecker, Verdict
 from nmc.pool import Pool
 from nmc.replica import Replica, State
 from nmc.logs import follow_live
-from nmc.run_dir import alive, run_dir, write_whole
+from nmc.run_dir import alive, run_dir, shutting_down, write_whole
 from nmc.server import ErrorLog, PortInUse, bind_listener
 from nmc.shared_counts import SharedCounts
 from nmc.supervisor import Supervisor, thresholds_of
@@ -59,11 +57,11 @@ log = logging.getLogger(__name__)
 STATE_POLL = 0.2     # seconds between a follower's tries at the lease and looks at the state
                      # file, and between the leader's looks for changes to publish
 PROBE_INTERVAL = 0.5  # seconds between a follower's own probes of a replica it saw fail
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
 SIBLINGS_WAIT_POLL = 0.1
 WORKER_BOOT_ERROR = 3  # gunicorn's arbiter halts the whole server on a worker exiting with it
 QUIET_EXIT_WAIT = 5
 ADMIN_BIND_WAIT = 5  # seconds a new leader waits for the admin port to be free
+HOOKS_WAIT = 2       # seconds a worker waits to hear from post_worker_init
 
 
 def fail_boot(message: str) -> None:
@@ -178,20 +176,47 @@ def apply_snapshot(pool: Pool, replicas: list[dict]) -> None:
         pool.remove(gone)
 
 
-def master_children(master: int) -> set[int]:
-    """PIDs of the master's child processes (the workers), from /proc."""
-    children = set()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
+class Presence:
+    """Every worker of the cluster holds a shared flock on one file while it lives (the kernel
+    drops it when the process ends, however it ends): the leader, once it has dropped its own,
+    can tell when the others are all gone."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._fd: int | None = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fcntl.flock(self._fd, fcntl.LOCK_SH)
+
+    def leave(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def others_gone(self) -> bool:
+        """(After leave.) No other worker holds the file."""
+        probe = os.open(self.path, os.O_RDWR | os.O_CLOEXEC)
         try:
-            with open(f"/proc/{entry}/stat", "rb") as stat:
-                fields = stat.read().rsplit(b")", 1)[1].split()
-        except OSError:
-            continue  # exited meanwhile
-        if int(fields[1]) == master:  # fields after "(comm)": state, ppid, ...
-            children.add(int(entry))
-    return children
+            fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            return False
+        finally:
+            os.close(probe)  # and its lock with it
+
+
+_current: "Worker | None" = None   # this process's Worker (gunicorn's hooks call it)
+_gunicorn_worker = None             # this process's gunicorn worker, from post_worker_init
+
+
+def hooked(gunicorn_worker) -> None:
+    """nmc.gunicorn_conf.post_worker_init: gunicorn runs nmc's hooks in this worker."""
+    global _gunicorn_worker
+    _gunicorn_worker = gunicorn_worker
+
+
+def on_worker_exit() -> None:
+    """nmc.gunicorn_conf.worker_exit."""
+    if _current is not None:
+        _current.at_exit()
 
 
 class Worker:
@@ -211,44 +236,44 @@ class Worker:
         self._replica_logs: gevent.Greenlet | None = None  # --logs
         self.supervisor: Supervisor | None = None
         self.checker = HealthChecker(config.health_path, config.check_timeout)
-        self.stopping = gevent.event.Event()  # this worker was told to stop
+        self.presence = Presence(folder / f"{config.name}.workers")
         self.master = os.getppid()
-        self._siblings: set[int] = set()      # the master's children as last seen (leader only)
-        self._siblings_at_stop: set[int] | None = None
         self._probing: set[Replica] = set()  # replicas this follower probes itself
         self._loop: gevent.Greenlet | None = None
 
     # -- running -----------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Watch for stop signals (chained before the WSGI server's own handlers), at exit hand
-        over or clean up, and run the leader/follower loop in the background."""
-        for signum in STOP_SIGNALS:
-            previous = signal.getsignal(signum)
-            signal.signal(signum, self._chain(previous))
-        atexit.register(self.at_exit)
+        """Run the leader/follower loop in the background; gunicorn's worker_exit hook ends it
+        (at_exit)."""
+        global _current
+        _current = self
         self.cluster.follow(self)
         self._loop = gevent.spawn(self._run)
 
-    def _chain(self, previous):
-        def on_stop_signal(signum, frame):
-            self._note_stop()
-            if callable(previous):
-                previous(signum, frame)
-        return on_stop_signal
-
-    def _note_stop(self) -> None:
-        if self._siblings_at_stop is None:
-            self._siblings_at_stop = set(self._siblings)
-        self.stopping.set()
+    def stopping(self) -> bool:
+        """gunicorn told this worker to stop (it finishes its requests meanwhile)."""
+        return _gunicorn_worker is not None and not _gunicorn_worker.alive
 
     def _run(self) -> None:
+        self._require_hooks()
         # a worker told to stop keeps following the leader while it drains, but never leads;
         # nor does any once a leader failed to start the cluster (gunicorn is halting)
-        while self.stopping.is_set() or boot_failed() or not self.lease.try_acquire():
+        while self.stopping() or boot_failed() or not self.lease.try_acquire():
             self._follow_once()
             gevent.sleep(STATE_POLL)
         self._lead()
+
+    @staticmethod
+    def _require_hooks() -> None:
+        """post_worker_init comes right after the app is made: without it, gunicorn runs without
+        nmc's hooks, and nothing would hand the replicas over or remove them."""
+        deadline = time.monotonic() + HOOKS_WAIT
+        while _gunicorn_worker is None:
+            if time.monotonic() >= deadline:
+                fail_boot("nmc.wsgi needs its gunicorn hooks: gunicorn -c python:nmc.gunicorn_conf "
+                          "... nmc.wsgi:app")
+            gevent.sleep(0.05)
 
     def _follow_once(self) -> None:
         """Mirror the leader's latest word; between tries at the lease."""
@@ -259,7 +284,6 @@ class Worker:
 
     def _lead(self) -> None:
         log.info("worker %d supervises cluster %s", os.getpid(), self.config.name)
-        self._siblings = master_children(self.master)
         # Adopt from the engine, not from the file: the instances are found again by label.
         for replica in self.pool:
             replica.serve_with(None)
@@ -284,8 +308,6 @@ class Worker:
                 self.state_file.publish(snapshot)
                 published = snapshot
             self.counts.publish()
-            if not self.stopping.is_set():
-                self._siblings = master_children(self.master)
             gevent.sleep(STATE_POLL)
 
     def _bind_admin(self) -> socket.socket | None:
@@ -332,7 +354,7 @@ class Worker:
     def _probe_until_back(self, replica: Replica) -> None:
         counts = CheckCounts()
         try:
-            while replica.state is State.DOWN and not self.stopping.is_set():
+            while replica.state is State.DOWN and not self.stopping():
                 result = self.checker.check(replica.url)
                 counts.add(result.ok)
                 verdict = self.thresholds.judge(False, counts.fails, counts.passes, 0.0)
@@ -340,7 +362,7 @@ class Worker:
                     replica.change_state(State.READY, f"{result.reason}; {counts.passes} passed "
                                                       "probes in a row")
                     return
-                self.stopping.wait(PROBE_INTERVAL)
+                gevent.sleep(PROBE_INTERVAL)
         finally:
             self._probing.discard(replica)
 
@@ -357,8 +379,7 @@ class Worker:
             self._replica_logs.kill(block=False)
         if self.admin is not None:
             self.admin.close()  # the next leader binds the port
-        shutting_down = self._siblings_at_stop is not None and not self._new_siblings()
-        if not shutting_down:
+        if not shutting_down(self.master):
             self.supervisor.stop(remove=False, reason="handed over to the next worker")
             self.lease.release()
             return
@@ -370,13 +391,10 @@ class Worker:
         self.lease.release()
         log.info("stopped%s", " (replicas left running: --keep)" if keep else "")
 
-    def _new_siblings(self) -> set[int]:
-        """Workers the master started after the last look before the stop signal: a reload."""
-        return master_children(self.master) - self._siblings_at_stop - {os.getpid()}
-
     def _wait_for_siblings(self) -> None:
         """Until the other workers have ended (they finish their requests on the replicas),
         bounded by --graceful-timeout."""
+        self.presence.leave()
         deadline = time.monotonic() + self.config.graceful_timeout
-        while time.monotonic() < deadline and master_children(self.master) - {os.getpid()}:
+        while time.monotonic() < deadline and not self.presence.others_gone():
             time.sleep(SIBLINGS_WAIT_POLL)

@@ -1,4 +1,5 @@
-"""nmc under gunicorn's gevent worker: `gunicorn -k gevent -w 4 -b 0.0.0.0:3000 nmc.wsgi:app`.
+"""nmc under gunicorn's gevent worker: `gunicorn -c python:nmc.gunicorn_conf -w 4 -b
+0.0.0.0:3000 nmc.wsgi:app` (the settings module picks the worker and installs nmc's hooks).
 
 The cluster's settings come from NMC_* environment variables named like the command line's
 options (NMC_REPLICAS=4, NMC_BASE_PORT=3001, NMC_IMAGE=..., NMC_QUIET=1), or from the app
@@ -34,8 +35,8 @@ def create_app(**options) -> Proxy:
     )
 
     if not monkey.is_module_patched("socket"):
-        _fail("nmc.wsgi needs gunicorn's gevent worker: gunicorn -k gevent ... nmc.wsgi:app "
-              "(and no --preload)")
+        _fail("nmc.wsgi needs gunicorn's gevent worker: gunicorn -c python:nmc.gunicorn_conf ... "
+              "nmc.wsgi:app (and no other -k, no --preload)")
     unknown = sorted(set(options) - {f.name for f in dataclasses.fields(Config)})
     if unknown:
         _fail(f"create_app: no option named {', '.join(unknown)} (the options are the command "

@@ -1,10 +1,11 @@
 """End to end: nmc under gunicorn's gevent worker (nmc/wsgi.py, nmc/workers.py).
 
-gunicorn runs as a user would start it (`gunicorn -k gevent -w N nmc.wsgi:app`, settings in
-NMC_* variables), in its own process, over real sockets and real containers. The points: one
-supervisor however many workers, every worker routing over the same replicas, supervision
-surviving a `kill -9` of the supervising worker, zero restarts and zero failed requests across a
-graceful reload (HUP), and a clean stop (TERM) that removes the replicas.
+gunicorn runs as a user would start it (`gunicorn -c python:nmc.gunicorn_conf -w N
+nmc.wsgi:app`, settings in NMC_* variables), in its own process, over real sockets and real
+containers. The points: one supervisor however many workers, every worker routing over the same
+replicas, supervision surviving a `kill -9` of the supervising worker and a --max-requests
+restart, zero restarts and zero failed requests across a graceful reload (HUP), and a clean
+stop (TERM) that removes the replicas.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ class Gunicorn:
         self.replica_ports = [base, base + 1]
         self.url = f"http://127.0.0.1:{self.port}"
         self.process = NmcProcess(
-            ["-k", "gevent", "-w", str(workers), "-b", f"127.0.0.1:{self.port}",
+            ["-c", "python:nmc.gunicorn_conf", "-w", str(workers), "-b", f"127.0.0.1:{self.port}",
              "--graceful-timeout", "10", *args, "nmc.wsgi:app"],
             env={"NMC_NAME": cluster_name, "NMC_BASE_PORT": str(base), "NMC_REPLICAS": "2",
                  "NMC_IMAGE": IMAGE, "NMC_CHECK_INTERVAL": "1", "NMC_QUIET": "1",
@@ -220,6 +221,22 @@ def test_term_lets_requests_finish_then_removes_the_replicas(gunicorn, docker_cl
     assert_no_traceback(server)
 
 
+def test_a_worker_restarted_by_max_requests_hands_over_and_no_request_fails(
+        gunicorn, docker_client, cluster_name):
+    """gunicorn ends a worker after --max-requests; the supervising one hands over (it is no
+    shutdown: the master did not stop), and the replicas run on, never restarted."""
+    server = gunicorn(workers=2, args=("--max-requests", "40"))
+    server.wait_ready()
+    before = container_ids(docker_client, cluster_name)
+    statuses = [requests.get(server.url + "/whoami", headers={"Connection": "close"},
+                             timeout=10).status_code for _ in range(200)]
+    assert statuses == [200] * 200
+    wait_until(lambda: len(server.leaders()) >= 2, 15, what="supervision handed over")
+    assert container_ids(docker_client, cluster_name) == before
+    assert "handed over to the next worker" in server.process.log
+    assert_no_traceback(server)
+
+
 def test_term_with_keep_leaves_the_replicas_running(gunicorn, docker_client, cluster_name):
     server = gunicorn(workers=2, env={"NMC_KEEP": "1"})
     server.wait_ready()
@@ -270,10 +287,12 @@ def test_websocket_and_streaming_work_under_gunicorn(gunicorn):
     ({"NMC_REPLICAS": "many"}, (), "--replicas must be a whole number"),
     ({"NMC_IMAGE": "nmc-no-such-image"}, (), "nmc-no-such-image"),
     ({}, ("-k", "sync"), "needs gunicorn's gevent worker"),
+    ({}, ("-c", "/dev/null", "-k", "gevent"), "needs its gunicorn hooks: gunicorn -c "
+                                              "python:nmc.gunicorn_conf"),
 ])
 def test_bad_settings_stop_gunicorn_with_one_line(gunicorn, docker_client, cluster_name,
                                                   env, args, message):
-    server = gunicorn(workers=2, env=env, args=args)  # a -k in args comes last: it wins
+    server = gunicorn(workers=2, env=env, args=args)  # a -k or -c in args comes last: it wins
     assert server.process.wait_exit(60) != 0
     errors = [line for line in server.process.lines if "nmc-server: error:" in line]
     assert errors and message in errors[0], server.process.log_summary()

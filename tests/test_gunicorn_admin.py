@@ -2,7 +2,7 @@
 (tests/test_admin.py): the supervising worker serves the admin port, with the requests that
 every worker relayed, and a worker that takes supervision over serves it again.
 
-gunicorn runs as a user starts it (`gunicorn -k gevent -w 3 nmc.wsgi:app`, NMC_* variables),
+gunicorn runs as a user starts it (`gunicorn -c python:nmc.gunicorn_conf -w 3 nmc.wsgi:app`, NMC_* variables),
 over real sockets and containers.
 """
 

@@ -208,7 +208,8 @@ def test_swarm_under_gunicorn_follows_a_killed_task_and_fails_no_request(
         one_node_swarm, service_removed, cluster_name, docker_client, tmp_path):
     port = free_port_block(1)
     url = f"http://127.0.0.1:{port}"
-    gunicorn = NmcProcess(["-k", "gevent", "-w", "2", "-b", f"127.0.0.1:{port}", "nmc.wsgi:app"],
+    gunicorn = NmcProcess(["-c", "python:nmc.gunicorn_conf", "-w", "2", "-b", f"127.0.0.1:{port}",
+                           "nmc.wsgi:app"],
                           env={"NMC_SWARM": "1", "NMC_NAME": cluster_name, "NMC_REPLICAS": "2",
                                "NMC_QUIET": "1", "NMC_ADMIN_PORT": "0", "NMC_RUN_DIR": str(tmp_path)},
                           command=[sys.executable, "-m", "gunicorn"])

@@ -1,10 +1,9 @@
 """The pieces that let gunicorn's workers share one cluster: the lease, the state file."""
 
-import os
 
 from nmc.backend import Address, Instance
 from nmc.pool import Pool, Replica, State
-from nmc.workers import Lease, StateFile, apply_snapshot, master_children
+from nmc.workers import Lease, Presence, StateFile, apply_snapshot
 
 
 def pool_of(*ports: int) -> Pool:
@@ -39,8 +38,13 @@ def test_a_state_file_not_yet_written_reads_as_nothing(tmp_path):
     assert StateFile(tmp_path / "none.json").read_if_changed() is None
 
 
-def test_master_children_finds_this_process_under_its_parent():
-    assert os.getpid() in master_children(os.getppid())
+def test_presence_tells_when_every_other_worker_is_gone(tmp_path):
+    path = tmp_path / "c.workers"
+    leader, other = Presence(path), Presence(path)  # two open files: as two processes' locks
+    leader.leave()
+    assert not leader.others_gone()
+    other.leave()
+    assert leader.others_gone()
 
 
 def test_a_state_file_of_an_older_format_is_not_applied(tmp_path):
