@@ -5,7 +5,7 @@ The cluster's settings come from NMC_* environment variables named like the comm
 options (NMC_REPLICAS=4, NMC_BASE_PORT=3001, NMC_IMAGE=..., NMC_QUIET=1), or from the app
 factory's keyword arguments, which win over them: `'nmc.wsgi:create_app(replicas=4)'`.
 gunicorn's own options (-b, -w, --graceful-timeout, --keep-alive, ...) govern the listener;
-NMC_PORT, NMC_BIND and nmc's connection limits do not apply here.
+NMC_PORT, NMC_BIND, nmc's connection limits and NMC_BUILD are refused here (NOT_UNDER_GUNICORN).
 
 Each worker relays over the same replicas; one of them supervises (see nmc.workers).
 """
@@ -28,6 +28,17 @@ from nmc.server import open_access_log
 
 log = logging.getLogger(__name__)
 
+# Settings of ./nmc_server.py that gunicorn's own options take the place of: refused, not ignored.
+NOT_UNDER_GUNICORN = {
+    "port": "gunicorn's -b sets the listener",
+    "bind": "gunicorn's -b sets the listener",
+    "header_timeout": "gunicorn's --timeout and --limit-request-* govern reading requests",
+    "idle_timeout": "gunicorn's --keep-alive closes idle connections",
+    "max_connections": "gunicorn's --worker-connections caps each worker's connections",
+    "build": "build the image first (docker build, or ./nmc_server.py --build DIR once) and "
+             "give NMC_IMAGE",
+}
+
 def create_app(**options) -> Proxy:
     """The WSGI application of one worker process; `options` override the NMC_* variables."""
     from nmc.workers import (
@@ -41,6 +52,10 @@ def create_app(**options) -> Proxy:
     if unknown:
         _fail(f"create_app: no option named {', '.join(unknown)} (the options are the command "
               "line's, with '_' for '-': replicas, base_port, image, ...)")
+    for name, instead in NOT_UNDER_GUNICORN.items():
+        if name in options or f"NMC_{name.upper()}" in os.environ:
+            _fail(f"NMC_{name.upper()} (or create_app's {name}) does not apply under gunicorn: "
+                  f"{instead}")
     try:
         config = Config.from_env(os.environ, **options)
     except NmcError as e:

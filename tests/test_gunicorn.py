@@ -287,6 +287,9 @@ def test_websocket_and_streaming_work_under_gunicorn(gunicorn):
     ({"NMC_REPLICAS": "many"}, (), "--replicas must be a whole number"),
     ({"NMC_IMAGE": "nmc-no-such-image"}, (), "nmc-no-such-image"),
     ({}, ("-k", "sync"), "needs gunicorn's gevent worker"),
+    ({"NMC_PORT": "4000"}, (), "NMC_PORT (or create_app's port) does not apply under gunicorn: "
+                               "gunicorn's -b sets the listener"),
+    ({"NMC_BUILD": "nodejs"}, (), "NMC_BUILD (or create_app's build) does not apply"),
     ({}, ("-c", "/dev/null", "-k", "gevent"), "needs its gunicorn hooks: gunicorn -c "
                                               "python:nmc.gunicorn_conf"),
 ])
