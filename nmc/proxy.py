@@ -23,6 +23,7 @@ import requests
 import urllib3
 
 from nmc import transport, tunnel
+from nmc.http1 import BLOCK, SMALL_BODY
 from nmc.http_rules import HOP_BY_HOP, connection_named, error_answer
 from nmc.pool import Pool, Replica
 
@@ -33,8 +34,6 @@ log = logging.getLogger(__name__)
 NOT_RELAYED = HOP_BY_HOP | {"expect"}
 # Set by the relay: a client's own values are replaced (X-Forwarded-For is appended to instead).
 SET_BY_RELAY = frozenset(("x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-request-id"))
-CHUNK = 256 * 1024        # stream bodies in chunks this big (8 KiB chunks cost 4x on 10 MiB bodies)
-SMALL_BODY = 64 * 1024    # answers up to this size are read whole and sent with the headers
 CONNECT_TIMEOUT = 2.0     # a replica on loopback accepts at once or not at all
 RETRY_AFTER = "1"         # seconds, in 503 answers
 QUEUE_POLL = 0.05         # seconds between looks for a ready replica while a request waits
@@ -437,16 +436,16 @@ def _request_body(environ: dict) -> _ClientBody | None:
 
 
 def _read_chunk_piece(stream) -> bytes:
-    """Up to CHUNK bytes of a chunked body, but never more than the rest of the current chunk:
+    """Up to BLOCK bytes of a chunked body, but never more than the rest of the current chunk:
     pywsgi's read(n) waits for n bytes across chunks, which would hold a slow upload back."""
     if not hasattr(stream, "chunk_length"):  # not pywsgi's Input
-        return stream.read(CHUNK)
+        return stream.read(BLOCK)
     left = stream.chunk_length - stream.position
     if left > 0:
-        return stream.read(min(left, CHUNK))
+        return stream.read(min(left, BLOCK))
     first = stream.read(1)  # reads the next chunk-size line (or the last chunk)
     left = stream.chunk_length - stream.position
-    return first + stream.read(min(left, CHUNK - 1)) if first and left > 0 else first
+    return first + stream.read(min(left, BLOCK - 1)) if first and left > 0 else first
 
 
 def _upgrade_requested(environ: dict) -> str | None:
@@ -489,7 +488,7 @@ def _stream_body(answer: transport.Answer, exchange: _Exchange):
     """The answer's body as it arrives, undecoded (a gzip answer stays gzip)."""
     sent, broke = 0, False
     try:
-        for piece in answer.stream(CHUNK):
+        for piece in answer.stream(BLOCK):
             yield piece
             sent += len(piece)
     except requests.exceptions.RequestException as e:

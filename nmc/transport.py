@@ -27,7 +27,6 @@ of the caller's own body (a file or an iterable) passes through unchanged.
 
 from __future__ import annotations
 
-import re
 import socket
 from collections.abc import Iterable, Iterator
 
@@ -37,26 +36,22 @@ import urllib3
 from requests.structures import CaseInsensitiveDict
 from requests.utils import get_encoding_from_headers
 
-RECV = 64 * 1024          # bytes asked for per read of an answer's head (and a small body with it)
-CHUNK = 256 * 1024        # bytes per piece of a streamed body, both ways
-WITH_HEAD = 64 * 1024     # a body given as bytes up to this size leaves in the same send as the head
-MAX_HEAD = 64 * 1024      # an answer's status line and headers, at most
-MAX_FIELDS = 100          # header lines in an answer, at most (http.client's limit)
-MAX_CHUNK_LINE = 4096     # a chunk-size line (with its extensions), at most
-MAX_INTERIM = 10          # interim (1xx) answers skipped before the final one, at most
+from nmc.http1 import (
+    BAD_TARGET_CHAR,
+    BLOCK,
+    CHUNK_SIZE,
+    FIELD,
+    MAX_ANSWER_HEAD,
+    MAX_CHUNK_LINE,
+    MAX_FIELDS,
+    MAX_INTERIM,
+    SMALL_BODY,
+    STATUS_LINE,
+    TOKEN,
+    fields_are_valid,
+)
 
-TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
-BAD_TARGET = re.compile(r"[\x00-\x20\x7f]")
-CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,16}")
-# An answer's head, parsed by regular expressions (one pass each, rather than a loop per line):
-# a control character other than tab is refused anywhere in it, and a CR or LF that does not
-# end a line fails the matches.
-CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
-STATUS_LINE = re.compile(r"(HTTP/1\.[01]) ([1-9][0-9][0-9])(?: ([^\x00-\x08\x0a-\x1f\x7f]*))?")
-# header lines, each with its CRLF: a token, a colon, the value (no white space before the
-# colon, no obsolete line folding)
-FIELD_LINES = re.compile(r"(?:[!#$%&'*+.^_`|~0-9A-Za-z-]+:[^\r\n]*\r\n)*")
-FIELD = re.compile(r"([!#$%&'*+.^_`|~0-9A-Za-z-]+):[ \t]*([^\r\n]*)\r\n")
+RECV = 64 * 1024  # bytes asked for per read of an answer's head (and a small body with it)
 
 
 class NotConnected(requests.exceptions.ConnectionError):
@@ -206,7 +201,7 @@ def _address(authority: str) -> tuple[socket.AddressFamily, str, int]:
 def _request_message(request: requests.PreparedRequest, target: str, authority: str):
     """(the head as bytes, with a small body in it; the rest of the body to stream, or None)."""
     method = request.method
-    if not TOKEN.fullmatch(method or "") or BAD_TARGET.search(target):
+    if not TOKEN.fullmatch(method or "") or BAD_TARGET_CHAR.search(target):
         raise requests.exceptions.InvalidURL(f"cannot send {method!r} {target[:60]!r}")
     lines = [f"{method} {target} HTTP/1.1"]
     has_host = has_length = has_coding = False
@@ -231,7 +226,7 @@ def _request_message(request: requests.PreparedRequest, target: str, authority: 
     if isinstance(body, (bytes, bytearray, memoryview)):
         if not has_length:
             lines.append(f"Content-Length: {len(body)}")
-        if len(body) <= WITH_HEAD:
+        if len(body) <= SMALL_BODY:
             return _encode_head(lines, body), None
         return _encode_head(lines, b""), (body,)
     if has_length:
@@ -243,8 +238,11 @@ def _request_message(request: requests.PreparedRequest, target: str, authority: 
 
 def _encode_head(lines: list[str], body) -> bytes:
     head = "\r\n".join(lines)
-    if head.count("\r") != len(lines) - 1 or head.count("\n") != len(lines) - 1:
-        raise requests.exceptions.InvalidHeader("CR or LF in a request header")  # request splitting
+    # the same grammar as the answers' (and the clients' heads): no request splitting, no header
+    # a replica could read otherwise than nmc
+    if not fields_are_valid(head[len(lines[0]) + 2:] + "\r\n"):
+        raise requests.exceptions.InvalidHeader("a request header line is malformed (a CR or LF, a "
+                                                "control character, or a name that is no token)")
     try:
         return head.encode("latin-1") + b"\r\n\r\n" + body
     except UnicodeEncodeError as e:
@@ -252,9 +250,9 @@ def _encode_head(lines: list[str], body) -> bytes:
 
 
 def _pieces(body) -> Iterator[bytes]:
-    """A file-like body read in CHUNK blocks, or an iterable's items; empty ones skipped."""
+    """A file-like body read in BLOCK pieces, or an iterable's items; empty ones skipped."""
     read = getattr(body, "read", None)
-    for piece in iter(lambda: read(CHUNK), b"") if read is not None else body:
+    for piece in iter(lambda: read(BLOCK), b"") if read is not None else body:
         if piece:
             yield piece.encode("utf-8") if isinstance(piece, str) else piece
 
@@ -336,8 +334,8 @@ def _read_head(conn: _Connection, request, read_timeout) -> bytes:
     data = conn.pending
     end = data.find(b"\r\n\r\n")
     while end < 0:
-        if len(data) > MAX_HEAD:
-            raise InvalidAnswer(f"answer head over {MAX_HEAD // 1024} KiB", request=request)
+        if len(data) > MAX_ANSWER_HEAD:
+            raise InvalidAnswer(f"answer head over {MAX_ANSWER_HEAD // 1024} KiB", request=request)
         try:
             more = conn.sock.recv(RECV)
         except OSError as e:
@@ -348,8 +346,8 @@ def _read_head(conn: _Connection, request, read_timeout) -> bytes:
                 request=request)
         data += more
         end = data.find(b"\r\n\r\n", max(0, len(data) - len(more) - 3))
-    if end > MAX_HEAD:
-        raise InvalidAnswer(f"answer head over {MAX_HEAD // 1024} KiB", request=request)
+    if end > MAX_ANSWER_HEAD:
+        raise InvalidAnswer(f"answer head over {MAX_ANSWER_HEAD // 1024} KiB", request=request)
     conn.pending = data[end + 4:]
     return data[:end]
 
@@ -366,9 +364,8 @@ def parse_head(head: bytes) -> tuple[str, int, str, list[tuple[str, str]]]:
         fields += "\r\n"
         if fields.count("\n") > MAX_FIELDS:
             raise InvalidAnswer(f"more than {MAX_FIELDS} header lines in the answer")
-        if CONTROL.search(fields) or not FIELD_LINES.fullmatch(fields):
-            bad = next(line for line in fields.split("\r\n")
-                       if CONTROL.search(line) or not FIELD_LINES.fullmatch(line + "\r\n"))
+        if not fields_are_valid(fields):
+            bad = next(line for line in fields.split("\r\n") if not fields_are_valid(line + "\r\n"))
             raise InvalidAnswer(f"bad header line {bad[:100]!r}")
         headers = FIELD.findall(fields)
         if " \r\n" in fields or "\t\r\n" in fields:  # white space after a value is not part of it
@@ -449,7 +446,7 @@ class Answer:
         if length == 0:
             self._finish()
 
-    def stream(self, amt: int = CHUNK, decode_content=None) -> Iterator[bytes]:
+    def stream(self, amt: int = BLOCK, decode_content=None) -> Iterator[bytes]:
         """The body in pieces of at most `amt` bytes, each as soon as it has arrived (never
         decoded: `decode_content` is there for requests' iter_content, and ignored)."""
         while True:
@@ -462,7 +459,7 @@ class Answer:
         """`amt` bytes of the body (fewer only at its end), or all the rest when None."""
         pieces = []
         while amt is None or amt > 0:
-            piece = self._piece(CHUNK if amt is None else amt)
+            piece = self._piece(BLOCK if amt is None else amt)
             if not piece:
                 break
             pieces.append(piece)
@@ -545,7 +542,7 @@ class Answer:
             if not line:
                 return
             total += len(line)
-            if total > MAX_HEAD:
+            if total > MAX_ANSWER_HEAD:
                 raise requests.exceptions.ChunkedEncodingError("trailer section too big")
 
     def _take(self, limit: int) -> bytes:

@@ -22,15 +22,12 @@ import time
 import gevent
 import urllib3
 
+from nmc.http1 import BLOCK, MAX_ANSWER_HEAD, MAX_INTERIM, SMALL_BODY
 from nmc.http_rules import HOP_BY_HOP, connection_named, error_answer
 
 log = logging.getLogger(__name__)
 
-CHUNK = 64 * 1024          # bytes per read, each way
-MAX_HEAD = 64 * 1024       # the replica's answer head (status line + headers) at most
-SMALL_BODY = 64 * 1024     # a refused upgrade's body up to this size is sent with its head
 LINGER = 2.0               # seconds the other direction gets once one direction has ended
-MAX_INTERIM = 10           # 1xx answers (100 Continue...) skipped before the real one
 # Hop-by-hop headers (RFC 9110 7.6.1): never relayed, except Connection and Upgrade on a 101.
 class TunnelRefused(Exception):
     """The replica could not be connected to: nothing was sent, the proxy may try another."""
@@ -144,14 +141,14 @@ def _send_request_body(environ: dict, upstream: socket.socket) -> None:
     if length and length.isdigit() and int(length) > 0:
         left = int(length)
         while left > 0:
-            data = stream.read(min(left, CHUNK))
+            data = stream.read(min(left, BLOCK))
             if not data:
                 raise OSError("the client's request body ended early")
             upstream.sendall(data)
             left -= len(data)
     elif environ.get("HTTP_TRANSFER_ENCODING", "").lower() == "chunked":
         while True:  # read all of it (pywsgi's Input decodes), send it chunked again
-            data = stream.read(CHUNK)
+            data = stream.read(BLOCK)
             if not data:
                 upstream.sendall(b"0\r\n\r\n")
                 return
@@ -178,10 +175,10 @@ def _read_head(upstream: socket.socket, upstream_file, deadline: float):
         if remaining <= 0:
             raise socket.timeout("timed out")
         upstream.settimeout(remaining)
-        line = upstream_file.readline(MAX_HEAD - size + 1)
+        line = upstream_file.readline(MAX_ANSWER_HEAD - size + 1)
         size += len(line)
-        if size > MAX_HEAD:
-            raise _BadAnswer(f"answer head over {MAX_HEAD} bytes")
+        if size > MAX_ANSWER_HEAD:
+            raise _BadAnswer(f"answer head over {MAX_ANSWER_HEAD} bytes")
         if not line.endswith(b"\n"):
             raise _BadAnswer("connection closed before the end of the answer head"
                              if not lines and not line else "answer head cut short")
@@ -247,7 +244,7 @@ def _stream_body(replica, upstream, upstream_file, chunked: bool, length: int | 
                 if size == 0:
                     break
                 while size > 0:
-                    data = upstream_file.read1(min(size, CHUNK))
+                    data = upstream_file.read1(min(size, BLOCK))
                     if not data:
                         raise _Broke(f"replica {replica.name} broke off a chunked answer")
                     size -= len(data)
@@ -256,7 +253,7 @@ def _stream_body(replica, upstream, upstream_file, chunked: bool, length: int | 
         else:
             left = length
             while left is None or left > 0:
-                data = upstream_file.read1(CHUNK if left is None else min(left, CHUNK))
+                data = upstream_file.read1(BLOCK if left is None else min(left, BLOCK))
                 if not data:
                     if left is not None:
                         raise _Broke(f"replica {replica.name} broke off its answer")
@@ -331,7 +328,7 @@ def _pump(read, sink: socket.socket, counts: list[int], index: int):
     the error as text, if any (for the one debug line)."""
     try:
         while True:
-            data = read(CHUNK)
+            data = read(BLOCK)
             if not data:
                 return None
             sink.sendall(data)
