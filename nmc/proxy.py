@@ -96,8 +96,13 @@ class Proxy:
 
     def __call__(self, environ: dict, start_response) -> Iterable[bytes]:
         request = _Request(environ)
+        if request.upgrade:  # whatever the answer, the client's connection is not HTTP's after it
+            tunnel.close_after(start_response)
+            if tunnel.client_socket(environ) is None:
+                return error_answer(start_response, 501, "this server cannot hand over the "
+                                    "connection for an upgrade", request.id)
         try:
-            body = None if request.upgrade else _request_body(environ)  # a tunnel relays its own
+            body = _request_body(environ)
         except ClientBodyError as e:
             return _bad_body(environ, start_response, e, request.id)
         tried: dict[Replica, str | None] = {}  # replica -> the instance it had when tried
@@ -114,10 +119,7 @@ class Proxy:
                 log.info("Forwarding request to port: %d", replica.port)
             extra = self._answer_headers(replica, request.id, preferred)
             replica.relay.requests += 1
-            if request.upgrade:
-                result = self._upgrade(request, replica, start_response, extra)
-            else:
-                result = self._forward(request, body, replica, start_response, extra)
+            result = self._forward(request, body, replica, start_response, extra)
             if result is not _TRY_ANOTHER:
                 return result
 
@@ -152,17 +154,10 @@ class Proxy:
         replica.relay.connect_errors += 1
         self.report_failure(replica, reason)
 
-    def _upgrade(self, request: "_Request", replica: Replica, start_response, extra: list):
-        try:
-            return tunnel.relay_upgrade(request.environ, start_response, replica, request.target,
-                                        request.headers, CONNECT_TIMEOUT, self.timeout[1], extra)
-        except tunnel.TunnelRefused as e:
-            self._fail(replica, str(e))
-            return _TRY_ANOTHER
-
     def _forward(self, request: "_Request", body, replica: Replica, start_response, extra: list):
-        """Send the request to `replica` and relay its answer; _TRY_ANOTHER when another
-        replica may take it, else the WSGI result (the answer, or nmc's own error answer)."""
+        """Send the request to `replica` and relay its answer (a 101 to an upgrade request:
+        a tunnel); _TRY_ANOTHER when another replica may take it, else the WSGI result (the
+        answer, or nmc's own error answer)."""
         prepared = requests.PreparedRequest()
         prepared.method = request.method
         prepared.url = replica.url + request.target
@@ -170,6 +165,7 @@ class Proxy:
         prepared.body = body.payload if body is not None else None
         exchange = _Exchange(self, replica, request, body)
         request_id = request.id
+        error_extra = extra if request.upgrade else ()  # as the tunnel always did
         try:
             response = self.transport.send(prepared, stream=True, timeout=self.timeout)
         except ClientBodyError as e:  # the client's fault, not the replica's
@@ -186,20 +182,25 @@ class Proxy:
         except requests.exceptions.ReadTimeout:
             exchange.finish(504, failed=True)
             return error_answer(start_response, 504, f"replica {replica.name} did not answer within "
-                                f"{self.timeout[1]:g}s", request_id)
+                                f"{self.timeout[1]:g}s", request_id, error_extra)
         except requests.exceptions.ConnectionError:
             self._fail(replica, "connection broken")
-            if request.method in IDEMPOTENT and (body is None or body.replayable):
+            if request.method in IDEMPOTENT and (body is None or body.replayable) \
+                    and not request.upgrade:
                 exchange.abandon()
                 return _TRY_ANOTHER  # safe to send again: the method says so, and the body is at hand
             exchange.finish(502, failed=True)
             return error_answer(start_response, 502, f"replica {replica.name} broke the connection",
-                                request_id)
+                                request_id, error_extra)
         except requests.exceptions.RequestException as e:
             exchange.finish(502, failed=True)
             log.warning("relay to %s failed: %s", replica.name, e)
             return error_answer(start_response, 502, f"replica {replica.name} sent an invalid answer",
-                                request_id)
+                                request_id, error_extra)
+        if response.status_code == 101:  # the transport checked that the request asked for it
+            exchange.finish(101)
+            return tunnel.relay_switch(request.environ, start_response, replica.name, response.raw,
+                                       extra)
         return _relay_response(response.raw, exchange, start_response, extra)
 
     def _log_access(self, environ: dict, status: int, request_id: str, replica: Replica | None,
@@ -222,7 +223,7 @@ class Proxy:
             log.warning("cannot write the access log: %s", e)
 
 
-_TRY_ANOTHER = object()  # what _forward and _upgrade return when another replica may take it
+_TRY_ANOTHER = object()  # what _forward returns when another replica may take it
 
 
 class _Request:
@@ -238,6 +239,9 @@ class _Request:
         self.target = _request_target(environ)
         self.headers = _request_headers(environ, self.id)
         self.upgrade = _upgrade_requested(environ)
+        if self.upgrade:  # hop-by-hop, yet what asks the replica to switch (as Go's ReverseProxy)
+            self.headers["Connection"] = "Upgrade"
+            self.headers["Upgrade"] = self.upgrade
 
 
 class _Exchange:

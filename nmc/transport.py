@@ -15,9 +15,13 @@ decoding).
   follows as it is read, chunked unless the headers give a Content-Length. Only Host (when
   missing) and that framing are added; a header whose value is urllib3's SKIP_HEADER marker
   is not sent.
-- The answer's head is parsed strictly from bytes (order, spelling and repeats kept), interim
-  1xx answers skipped; the body is framed by Content-Length, chunked coding or the end of the
-  connection, and never decoded (HEAD, 1xx, 204 and 304 answers have none).
+- The answer's head is parsed strictly from bytes (order, spelling and repeats kept), with the
+  grammar and limits of nmc.http1, interim 1xx answers skipped; the body is framed by
+  Content-Length, chunked coding or the end of the connection, and never decoded (HEAD, 1xx,
+  204 and 304 answers have none).
+- An upgrade request (WebSocket) goes the same way. A `101 Switching Protocols`, accepted only
+  for a request that asked to switch and to what it asked for, hands its connection over
+  (`Answer.detach`) for nmc.tunnel to pump; any other answer to it is an answer like any other.
 
 Failures are requests' exceptions, telling what may be retried: ConnectTimeout and NotConnected
 (nothing was sent), ConnectionError (broken before an answer: the replica may have acted on the
@@ -325,9 +329,21 @@ def _read_answer(conn: _Connection, pool: _HostPool, request, read_timeout) -> A
     for _ in range(MAX_INTERIM + 1):
         version, status, reason, headers = parse_head(_read_head(conn, request, read_timeout))
         if not 100 <= status < 200 or status == 101:  # 1xx other than 101: the final one follows
+            if status == 101:
+                _check_switch(request, headers)
             length, chunked, keep_alive = body_framing(version, status, headers, request.method)
             return Answer(conn, pool, status, reason, headers, length, chunked, keep_alive)
     raise InvalidAnswer(f"more than {MAX_INTERIM} interim answers", request=request)
+
+
+def _check_switch(request, headers: list[tuple[str, str]]) -> None:
+    """A 101 answers only a request that asked to switch, and switches to what it asked for (as
+    Go's ReverseProxy checks): else the replica and nmc would disagree on what the connection is."""
+    asked = next((v for n, v in request.headers.items() if n.lower() == "upgrade"), "")
+    given = next((v for n, v in headers if n.lower() == "upgrade"), "")
+    if not asked or asked.lower() != given.lower():
+        raise InvalidAnswer(f"the replica switched to {given[:40]!r} when {asked[:40]!r} was asked for",
+                            request=request)
 
 
 def _read_head(conn: _Connection, request, read_timeout) -> bytes:
@@ -427,7 +443,8 @@ def _joined(headers: list[tuple[str, str]]) -> dict[str, str]:
 class Answer:
     """A replica's answer (what `response.raw` is): status, reason, headers as received, and
     the body read from the connection as asked for. The connection goes back to its pool the
-    moment the body has been read whole; `close` gives up the rest (closing the connection)."""
+    moment the body has been read whole; `close` gives up the rest (closing the connection).
+    A `101 Switching Protocols` has no body: `detach` hands its connection over."""
 
     def __init__(self, conn: _Connection, pool: _HostPool, status: int, reason: str,
                  headers: list[tuple[str, str]], length: int | None, chunked: bool,
@@ -443,7 +460,7 @@ class Answer:
         self._left = length or 0  # bytes left of the body (Content-Length) or of the current chunk
         self._chunk_end_due = False
         self.complete = False     # True once the body has been read whole (or there is none)
-        if length == 0:
+        if length == 0 and status != 101:
             self._finish()
 
     def stream(self, amt: int = BLOCK, decode_content=None) -> Iterator[bytes]:
@@ -475,6 +492,14 @@ class Answer:
             conn.close()
 
     release_conn = close  # requests' Response.close calls both, as urllib3's answer has both
+
+    def detach(self) -> tuple[socket.socket, bytes]:
+        """A 101's connection, which now speaks the protocol switched to: its socket (the
+        caller's to close) and the bytes already read past the answer's head."""
+        conn, self._conn = self._conn, None
+        if self.status != 101 or conn is None:
+            raise RuntimeError("only a 101 answer's connection can be taken, and only once")
+        return conn.sock, conn.pending
 
     def _finish(self) -> None:
         self.complete = True
