@@ -23,6 +23,7 @@ import requests
 import urllib3
 
 from nmc import transport, tunnel
+from nmc.http1 import BLOCK, SMALL_BODY
 from nmc.http_rules import HOP_BY_HOP, connection_named, error_answer
 from nmc.pool import Pool, Replica
 
@@ -33,8 +34,6 @@ log = logging.getLogger(__name__)
 NOT_RELAYED = HOP_BY_HOP | {"expect"}
 # Set by the relay: a client's own values are replaced (X-Forwarded-For is appended to instead).
 SET_BY_RELAY = frozenset(("x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-request-id"))
-CHUNK = 256 * 1024        # stream bodies in chunks this big (8 KiB chunks cost 4x on 10 MiB bodies)
-SMALL_BODY = 64 * 1024    # answers up to this size are read whole and sent with the headers
 CONNECT_TIMEOUT = 2.0     # a replica on loopback accepts at once or not at all
 RETRY_AFTER = "1"         # seconds, in 503 answers
 QUEUE_POLL = 0.05         # seconds between looks for a ready replica while a request waits
@@ -97,8 +96,13 @@ class Proxy:
 
     def __call__(self, environ: dict, start_response) -> Iterable[bytes]:
         request = _Request(environ)
+        if request.upgrade:  # whatever the answer, the client's connection is not HTTP's after it
+            tunnel.close_after(start_response)
+            if tunnel.client_socket(environ) is None:
+                return error_answer(start_response, 501, "this server cannot hand over the "
+                                    "connection for an upgrade", request.id)
         try:
-            body = None if request.upgrade else _request_body(environ)  # a tunnel relays its own
+            body = _request_body(environ)
         except ClientBodyError as e:
             return _bad_body(environ, start_response, e, request.id)
         tried: dict[Replica, str | None] = {}  # replica -> the instance it had when tried
@@ -115,10 +119,7 @@ class Proxy:
                 log.info("Forwarding request to port: %d", replica.port)
             extra = self._answer_headers(replica, request.id, preferred)
             replica.relay.requests += 1
-            if request.upgrade:
-                result = self._upgrade(request, replica, start_response, extra)
-            else:
-                result = self._forward(request, body, replica, start_response, extra)
+            result = self._forward(request, body, replica, start_response, extra)
             if result is not _TRY_ANOTHER:
                 return result
 
@@ -153,17 +154,10 @@ class Proxy:
         replica.relay.connect_errors += 1
         self.report_failure(replica, reason)
 
-    def _upgrade(self, request: "_Request", replica: Replica, start_response, extra: list):
-        try:
-            return tunnel.relay_upgrade(request.environ, start_response, replica, request.target,
-                                        request.headers, CONNECT_TIMEOUT, self.timeout[1], extra)
-        except tunnel.TunnelRefused as e:
-            self._fail(replica, str(e))
-            return _TRY_ANOTHER
-
     def _forward(self, request: "_Request", body, replica: Replica, start_response, extra: list):
-        """Send the request to `replica` and relay its answer; _TRY_ANOTHER when another
-        replica may take it, else the WSGI result (the answer, or nmc's own error answer)."""
+        """Send the request to `replica` and relay its answer (a 101 to an upgrade request:
+        a tunnel); _TRY_ANOTHER when another replica may take it, else the WSGI result (the
+        answer, or nmc's own error answer)."""
         prepared = requests.PreparedRequest()
         prepared.method = request.method
         prepared.url = replica.url + request.target
@@ -171,6 +165,7 @@ class Proxy:
         prepared.body = body.payload if body is not None else None
         exchange = _Exchange(self, replica, request, body)
         request_id = request.id
+        error_extra = extra if request.upgrade else ()  # as the tunnel always did
         try:
             response = self.transport.send(prepared, stream=True, timeout=self.timeout)
         except ClientBodyError as e:  # the client's fault, not the replica's
@@ -187,20 +182,25 @@ class Proxy:
         except requests.exceptions.ReadTimeout:
             exchange.finish(504, failed=True)
             return error_answer(start_response, 504, f"replica {replica.name} did not answer within "
-                                f"{self.timeout[1]:g}s", request_id)
+                                f"{self.timeout[1]:g}s", request_id, error_extra)
         except requests.exceptions.ConnectionError:
             self._fail(replica, "connection broken")
-            if request.method in IDEMPOTENT and (body is None or body.replayable):
+            if request.method in IDEMPOTENT and (body is None or body.replayable) \
+                    and not request.upgrade:
                 exchange.abandon()
                 return _TRY_ANOTHER  # safe to send again: the method says so, and the body is at hand
             exchange.finish(502, failed=True)
             return error_answer(start_response, 502, f"replica {replica.name} broke the connection",
-                                request_id)
+                                request_id, error_extra)
         except requests.exceptions.RequestException as e:
             exchange.finish(502, failed=True)
             log.warning("relay to %s failed: %s", replica.name, e)
             return error_answer(start_response, 502, f"replica {replica.name} sent an invalid answer",
-                                request_id)
+                                request_id, error_extra)
+        if response.status_code == 101:  # the transport checked that the request asked for it
+            exchange.finish(101)
+            return tunnel.relay_switch(request.environ, start_response, replica.name, response.raw,
+                                       extra)
         return _relay_response(response.raw, exchange, start_response, extra)
 
     def _log_access(self, environ: dict, status: int, request_id: str, replica: Replica | None,
@@ -223,7 +223,7 @@ class Proxy:
             log.warning("cannot write the access log: %s", e)
 
 
-_TRY_ANOTHER = object()  # what _forward and _upgrade return when another replica may take it
+_TRY_ANOTHER = object()  # what _forward returns when another replica may take it
 
 
 class _Request:
@@ -239,6 +239,9 @@ class _Request:
         self.target = _request_target(environ)
         self.headers = _request_headers(environ, self.id)
         self.upgrade = _upgrade_requested(environ)
+        if self.upgrade:  # hop-by-hop, yet what asks the replica to switch (as Go's ReverseProxy)
+            self.headers["Connection"] = "Upgrade"
+            self.headers["Upgrade"] = self.upgrade
 
 
 class _Exchange:
@@ -437,16 +440,16 @@ def _request_body(environ: dict) -> _ClientBody | None:
 
 
 def _read_chunk_piece(stream) -> bytes:
-    """Up to CHUNK bytes of a chunked body, but never more than the rest of the current chunk:
+    """Up to BLOCK bytes of a chunked body, but never more than the rest of the current chunk:
     pywsgi's read(n) waits for n bytes across chunks, which would hold a slow upload back."""
     if not hasattr(stream, "chunk_length"):  # not pywsgi's Input
-        return stream.read(CHUNK)
+        return stream.read(BLOCK)
     left = stream.chunk_length - stream.position
     if left > 0:
-        return stream.read(min(left, CHUNK))
+        return stream.read(min(left, BLOCK))
     first = stream.read(1)  # reads the next chunk-size line (or the last chunk)
     left = stream.chunk_length - stream.position
-    return first + stream.read(min(left, CHUNK - 1)) if first and left > 0 else first
+    return first + stream.read(min(left, BLOCK - 1)) if first and left > 0 else first
 
 
 def _upgrade_requested(environ: dict) -> str | None:
@@ -489,7 +492,7 @@ def _stream_body(answer: transport.Answer, exchange: _Exchange):
     """The answer's body as it arrives, undecoded (a gzip answer stays gzip)."""
     sent, broke = 0, False
     try:
-        for piece in answer.stream(CHUNK):
+        for piece in answer.stream(BLOCK):
             yield piece
             sent += len(piece)
     except requests.exceptions.RequestException as e:

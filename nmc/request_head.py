@@ -1,4 +1,5 @@
-"""Reading a client's request head strictly: the request line, the headers, and their limits.
+"""Reading a client's request head strictly: the request line, the headers, their framing,
+with the grammar and the limits of nmc.http1.
 
 Whatever could make nmc and a replica disagree about where a request ends (request smuggling),
 or could hold a connection or memory hostage, is refused here with a 4xx/5xx before anything is
@@ -7,19 +8,18 @@ relayed. The rules follow RFC 9112 and what nginx, HAProxy and Go's net/http ref
 
 from __future__ import annotations
 
-import re
 from http import HTTPStatus
 
-MAX_REQUEST_LINE = 8192        # bytes; longer: 414 (nginx's large_client_header_buffers: 8k)
-MAX_HEADER_BYTES = 32 * 1024   # bytes of all header lines together; more: 431
-MAX_HEADER_COUNT = 100         # header lines; more: 431 (http.client's own limit)
-
-TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
-VERSION = re.compile(r"^HTTP/(\d)\.(\d)$")
-# a target: origin-form (/path?query) or absolute-form (http://host/path); visible ASCII only
-TARGET = re.compile(r"^(/|https?://)[\x21-\x7e]*$")
-BAD_VALUE_BYTES = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
-DIGITS = re.compile(r"^[0-9]{1,18}$")  # not str.isdigit: that takes '²' too
+from nmc.http1 import (
+    BAD_VALUE_CHAR,
+    CONTENT_LENGTH,
+    MAX_FIELDS,
+    MAX_HEADER_BYTES,
+    MAX_REQUEST_LINE,
+    REQUEST_TARGET,
+    REQUEST_VERSION,
+    TOKEN,
+)
 
 
 class Rejected(ValueError):
@@ -54,9 +54,9 @@ def parse_request_line(line: str) -> tuple[str, str, str]:
     if len(parts) != 3 or not all(parts):
         raise Rejected(400, "malformed request line")
     method, target, version = parts
-    if not TOKEN.match(method):
+    if not TOKEN.fullmatch(method):
         raise Rejected(400, "malformed method")
-    match = VERSION.match(version)
+    match = REQUEST_VERSION.fullmatch(version)
     if not match:
         raise Rejected(400, "malformed HTTP version")
     if match.group(1) != "1":
@@ -64,7 +64,7 @@ def parse_request_line(line: str) -> tuple[str, str, str]:
     if method == "CONNECT":
         raise Rejected(405, "CONNECT is not relayed: nmc is not a forward proxy",
                        (("Allow", "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"),))
-    if not TARGET.match(target):
+    if not REQUEST_TARGET.fullmatch(target):
         raise Rejected(400, "malformed request target")
     return method, target, version
 
@@ -128,14 +128,14 @@ def read_headers(readline) -> Headers:
         name, colon, value = text.partition(":")
         if not colon:
             raise Rejected(400, "header line without a colon")
-        if not TOKEN.match(name):  # also refuses 'Host : x' (white space before the colon)
+        if not TOKEN.fullmatch(name):  # also refuses 'Host : x' (white space before the colon)
             raise Rejected(400, f"malformed header name {name[:40]!r}")
         value = value.strip(" \t")
-        if BAD_VALUE_BYTES.search(value):
+        if BAD_VALUE_CHAR.search(value):
             raise Rejected(400, f"control character in header {name}")
         pairs.append((name, value))
-        if len(pairs) > MAX_HEADER_COUNT:
-            raise Rejected(431, f"more than {MAX_HEADER_COUNT} header lines")
+        if len(pairs) > MAX_FIELDS:
+            raise Rejected(431, f"more than {MAX_FIELDS} header lines")
 
 
 def body_framing(headers: Headers, method: str) -> int | None:
@@ -156,7 +156,7 @@ def body_framing(headers: Headers, method: str) -> int | None:
     if len(values) != 1:
         raise Rejected(400, "conflicting Content-Length values (request smuggling?)")
     value = values.pop()
-    if not DIGITS.match(value):
+    if not CONTENT_LENGTH.fullmatch(value):
         raise Rejected(400, f"invalid Content-Length {value[:20]!r}")
     length = int(value)
     if length and method == "HEAD":

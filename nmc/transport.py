@@ -15,9 +15,13 @@ decoding).
   follows as it is read, chunked unless the headers give a Content-Length. Only Host (when
   missing) and that framing are added; a header whose value is urllib3's SKIP_HEADER marker
   is not sent.
-- The answer's head is parsed strictly from bytes (order, spelling and repeats kept), interim
-  1xx answers skipped; the body is framed by Content-Length, chunked coding or the end of the
-  connection, and never decoded (HEAD, 1xx, 204 and 304 answers have none).
+- The answer's head is parsed strictly from bytes (order, spelling and repeats kept), with the
+  grammar and limits of nmc.http1, interim 1xx answers skipped; the body is framed by
+  Content-Length, chunked coding or the end of the connection, and never decoded (HEAD, 1xx,
+  204 and 304 answers have none).
+- An upgrade request (WebSocket) goes the same way. A `101 Switching Protocols`, accepted only
+  for a request that asked to switch and to what it asked for, hands its connection over
+  (`Answer.detach`) for nmc.tunnel to pump; any other answer to it is an answer like any other.
 
 Failures are requests' exceptions, telling what may be retried: ConnectTimeout and NotConnected
 (nothing was sent), ConnectionError (broken before an answer: the replica may have acted on the
@@ -27,7 +31,6 @@ of the caller's own body (a file or an iterable) passes through unchanged.
 
 from __future__ import annotations
 
-import re
 import socket
 from collections.abc import Iterable, Iterator
 
@@ -37,26 +40,22 @@ import urllib3
 from requests.structures import CaseInsensitiveDict
 from requests.utils import get_encoding_from_headers
 
-RECV = 64 * 1024          # bytes asked for per read of an answer's head (and a small body with it)
-CHUNK = 256 * 1024        # bytes per piece of a streamed body, both ways
-WITH_HEAD = 64 * 1024     # a body given as bytes up to this size leaves in the same send as the head
-MAX_HEAD = 64 * 1024      # an answer's status line and headers, at most
-MAX_FIELDS = 100          # header lines in an answer, at most (http.client's limit)
-MAX_CHUNK_LINE = 4096     # a chunk-size line (with its extensions), at most
-MAX_INTERIM = 10          # interim (1xx) answers skipped before the final one, at most
+from nmc.http1 import (
+    BAD_TARGET_CHAR,
+    BLOCK,
+    CHUNK_SIZE,
+    FIELD,
+    MAX_ANSWER_HEAD,
+    MAX_CHUNK_LINE,
+    MAX_FIELDS,
+    MAX_INTERIM,
+    SMALL_BODY,
+    STATUS_LINE,
+    TOKEN,
+    fields_are_valid,
+)
 
-TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
-BAD_TARGET = re.compile(r"[\x00-\x20\x7f]")
-CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,16}")
-# An answer's head, parsed by regular expressions (one pass each, rather than a loop per line):
-# a control character other than tab is refused anywhere in it, and a CR or LF that does not
-# end a line fails the matches.
-CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
-STATUS_LINE = re.compile(r"(HTTP/1\.[01]) ([1-9][0-9][0-9])(?: ([^\x00-\x08\x0a-\x1f\x7f]*))?")
-# header lines, each with its CRLF: a token, a colon, the value (no white space before the
-# colon, no obsolete line folding)
-FIELD_LINES = re.compile(r"(?:[!#$%&'*+.^_`|~0-9A-Za-z-]+:[^\r\n]*\r\n)*")
-FIELD = re.compile(r"([!#$%&'*+.^_`|~0-9A-Za-z-]+):[ \t]*([^\r\n]*)\r\n")
+RECV = 64 * 1024  # bytes asked for per read of an answer's head (and a small body with it)
 
 
 class NotConnected(requests.exceptions.ConnectionError):
@@ -206,7 +205,7 @@ def _address(authority: str) -> tuple[socket.AddressFamily, str, int]:
 def _request_message(request: requests.PreparedRequest, target: str, authority: str):
     """(the head as bytes, with a small body in it; the rest of the body to stream, or None)."""
     method = request.method
-    if not TOKEN.fullmatch(method or "") or BAD_TARGET.search(target):
+    if not TOKEN.fullmatch(method or "") or BAD_TARGET_CHAR.search(target):
         raise requests.exceptions.InvalidURL(f"cannot send {method!r} {target[:60]!r}")
     lines = [f"{method} {target} HTTP/1.1"]
     has_host = has_length = has_coding = False
@@ -231,7 +230,7 @@ def _request_message(request: requests.PreparedRequest, target: str, authority: 
     if isinstance(body, (bytes, bytearray, memoryview)):
         if not has_length:
             lines.append(f"Content-Length: {len(body)}")
-        if len(body) <= WITH_HEAD:
+        if len(body) <= SMALL_BODY:
             return _encode_head(lines, body), None
         return _encode_head(lines, b""), (body,)
     if has_length:
@@ -243,8 +242,11 @@ def _request_message(request: requests.PreparedRequest, target: str, authority: 
 
 def _encode_head(lines: list[str], body) -> bytes:
     head = "\r\n".join(lines)
-    if head.count("\r") != len(lines) - 1 or head.count("\n") != len(lines) - 1:
-        raise requests.exceptions.InvalidHeader("CR or LF in a request header")  # request splitting
+    # the same grammar as the answers' (and the clients' heads): no request splitting, no header
+    # a replica could read otherwise than nmc
+    if not fields_are_valid(head[len(lines[0]) + 2:] + "\r\n"):
+        raise requests.exceptions.InvalidHeader("a request header line is malformed (a CR or LF, a "
+                                                "control character, or a name that is no token)")
     try:
         return head.encode("latin-1") + b"\r\n\r\n" + body
     except UnicodeEncodeError as e:
@@ -252,9 +254,9 @@ def _encode_head(lines: list[str], body) -> bytes:
 
 
 def _pieces(body) -> Iterator[bytes]:
-    """A file-like body read in CHUNK blocks, or an iterable's items; empty ones skipped."""
+    """A file-like body read in BLOCK pieces, or an iterable's items; empty ones skipped."""
     read = getattr(body, "read", None)
-    for piece in iter(lambda: read(CHUNK), b"") if read is not None else body:
+    for piece in iter(lambda: read(BLOCK), b"") if read is not None else body:
         if piece:
             yield piece.encode("utf-8") if isinstance(piece, str) else piece
 
@@ -327,17 +329,29 @@ def _read_answer(conn: _Connection, pool: _HostPool, request, read_timeout) -> A
     for _ in range(MAX_INTERIM + 1):
         version, status, reason, headers = parse_head(_read_head(conn, request, read_timeout))
         if not 100 <= status < 200 or status == 101:  # 1xx other than 101: the final one follows
+            if status == 101:
+                _check_switch(request, headers)
             length, chunked, keep_alive = body_framing(version, status, headers, request.method)
             return Answer(conn, pool, status, reason, headers, length, chunked, keep_alive)
     raise InvalidAnswer(f"more than {MAX_INTERIM} interim answers", request=request)
+
+
+def _check_switch(request, headers: list[tuple[str, str]]) -> None:
+    """A 101 answers only a request that asked to switch, and switches to what it asked for (as
+    Go's ReverseProxy checks): else the replica and nmc would disagree on what the connection is."""
+    asked = next((v for n, v in request.headers.items() if n.lower() == "upgrade"), "")
+    given = next((v for n, v in headers if n.lower() == "upgrade"), "")
+    if not asked or asked.lower() != given.lower():
+        raise InvalidAnswer(f"the replica switched to {given[:40]!r} when {asked[:40]!r} was asked for",
+                            request=request)
 
 
 def _read_head(conn: _Connection, request, read_timeout) -> bytes:
     data = conn.pending
     end = data.find(b"\r\n\r\n")
     while end < 0:
-        if len(data) > MAX_HEAD:
-            raise InvalidAnswer(f"answer head over {MAX_HEAD // 1024} KiB", request=request)
+        if len(data) > MAX_ANSWER_HEAD:
+            raise InvalidAnswer(f"answer head over {MAX_ANSWER_HEAD // 1024} KiB", request=request)
         try:
             more = conn.sock.recv(RECV)
         except OSError as e:
@@ -348,8 +362,8 @@ def _read_head(conn: _Connection, request, read_timeout) -> bytes:
                 request=request)
         data += more
         end = data.find(b"\r\n\r\n", max(0, len(data) - len(more) - 3))
-    if end > MAX_HEAD:
-        raise InvalidAnswer(f"answer head over {MAX_HEAD // 1024} KiB", request=request)
+    if end > MAX_ANSWER_HEAD:
+        raise InvalidAnswer(f"answer head over {MAX_ANSWER_HEAD // 1024} KiB", request=request)
     conn.pending = data[end + 4:]
     return data[:end]
 
@@ -366,9 +380,8 @@ def parse_head(head: bytes) -> tuple[str, int, str, list[tuple[str, str]]]:
         fields += "\r\n"
         if fields.count("\n") > MAX_FIELDS:
             raise InvalidAnswer(f"more than {MAX_FIELDS} header lines in the answer")
-        if CONTROL.search(fields) or not FIELD_LINES.fullmatch(fields):
-            bad = next(line for line in fields.split("\r\n")
-                       if CONTROL.search(line) or not FIELD_LINES.fullmatch(line + "\r\n"))
+        if not fields_are_valid(fields):
+            bad = next(line for line in fields.split("\r\n") if not fields_are_valid(line + "\r\n"))
             raise InvalidAnswer(f"bad header line {bad[:100]!r}")
         headers = FIELD.findall(fields)
         if " \r\n" in fields or "\t\r\n" in fields:  # white space after a value is not part of it
@@ -430,7 +443,8 @@ def _joined(headers: list[tuple[str, str]]) -> dict[str, str]:
 class Answer:
     """A replica's answer (what `response.raw` is): status, reason, headers as received, and
     the body read from the connection as asked for. The connection goes back to its pool the
-    moment the body has been read whole; `close` gives up the rest (closing the connection)."""
+    moment the body has been read whole; `close` gives up the rest (closing the connection).
+    A `101 Switching Protocols` has no body: `detach` hands its connection over."""
 
     def __init__(self, conn: _Connection, pool: _HostPool, status: int, reason: str,
                  headers: list[tuple[str, str]], length: int | None, chunked: bool,
@@ -446,10 +460,10 @@ class Answer:
         self._left = length or 0  # bytes left of the body (Content-Length) or of the current chunk
         self._chunk_end_due = False
         self.complete = False     # True once the body has been read whole (or there is none)
-        if length == 0:
+        if length == 0 and status != 101:
             self._finish()
 
-    def stream(self, amt: int = CHUNK, decode_content=None) -> Iterator[bytes]:
+    def stream(self, amt: int = BLOCK, decode_content=None) -> Iterator[bytes]:
         """The body in pieces of at most `amt` bytes, each as soon as it has arrived (never
         decoded: `decode_content` is there for requests' iter_content, and ignored)."""
         while True:
@@ -462,7 +476,7 @@ class Answer:
         """`amt` bytes of the body (fewer only at its end), or all the rest when None."""
         pieces = []
         while amt is None or amt > 0:
-            piece = self._piece(CHUNK if amt is None else amt)
+            piece = self._piece(BLOCK if amt is None else amt)
             if not piece:
                 break
             pieces.append(piece)
@@ -478,6 +492,14 @@ class Answer:
             conn.close()
 
     release_conn = close  # requests' Response.close calls both, as urllib3's answer has both
+
+    def detach(self) -> tuple[socket.socket, bytes]:
+        """A 101's connection, which now speaks the protocol switched to: its socket (the
+        caller's to close) and the bytes already read past the answer's head."""
+        conn, self._conn = self._conn, None
+        if self.status != 101 or conn is None:
+            raise RuntimeError("only a 101 answer's connection can be taken, and only once")
+        return conn.sock, conn.pending
 
     def _finish(self) -> None:
         self.complete = True
@@ -545,7 +567,7 @@ class Answer:
             if not line:
                 return
             total += len(line)
-            if total > MAX_HEAD:
+            if total > MAX_ANSWER_HEAD:
                 raise requests.exceptions.ChunkedEncodingError("trailer section too big")
 
     def _take(self, limit: int) -> bytes:
