@@ -14,6 +14,7 @@ import errno
 import logging
 import os
 import re
+import sys
 import time
 from typing import Callable, Iterable, Iterator
 from urllib.parse import quote, urlsplit
@@ -22,8 +23,9 @@ import gevent
 import requests
 import urllib3
 
-from nmc import transport, tunnel
+from nmc import hijack, transport, tunnel
 from nmc.http1 import BLOCK, SMALL_BODY
+from nmc.errors import UsageError
 from nmc.http_rules import HOP_BY_HOP, connection_named, error_answer
 from nmc.pool import Pool, Replica
 
@@ -97,8 +99,8 @@ class Proxy:
     def __call__(self, environ: dict, start_response) -> Iterable[bytes]:
         request = _Request(environ)
         if request.upgrade:  # whatever the answer, the client's connection is not HTTP's after it
-            tunnel.close_after(start_response)
-            if tunnel.client_socket(environ) is None:
+            hijack.close_after(environ)
+            if not hijack.can_hijack(environ):
                 return error_answer(start_response, 501, "this server cannot hand over the "
                                     "connection for an upgrade", request.id)
         try:
@@ -502,3 +504,15 @@ def _stream_body(answer: transport.Answer, exchange: _Exchange):
     finally:
         answer.close()  # the client left, or the replica broke (read whole, it is back in the pool)
         exchange.finish(answer.status, sent, failed=broke)
+
+
+def open_access_log(path: str):
+    """--access-log: stdout for "-", else the file, appended to, a line at a time."""
+    if not path:
+        return None
+    if path == "-":
+        return sys.stdout
+    try:
+        return open(path, "a", buffering=1, encoding="utf-8")
+    except OSError as e:
+        raise UsageError(f"--access-log {path}: {e.strerror}") from None

@@ -6,11 +6,9 @@ answer's head with its one parser). A `101 Switching Protocols` answer hands its
 the 101 to the client and pumps bytes both ways until either side closes, as Go's ReverseProxy
 does in handleUpgradeResponse and its switchProtocolCopier. It parses nothing.
 
-The client's connection is taken over from the WSGI server: its socket (`nmc.socket`, or
-gunicorn's `gunicorn.socket`) and, with our pywsgi handler, its buffered reader (`nmc.rfile`),
-which may already hold bytes the client sent right after the request head. Whatever the answer
-to an upgrade request, the server is told to close the client's connection after it
-(`close_after`), so it never reads another request from it.
+The client's connection is taken over from the WSGI server through nmc.hijack, under pywsgi and
+gunicorn alike; whatever the answer to an upgrade request, the server closes the client's
+connection after it (the proxy's `hijack.close_after`), so it never reads another request from it.
 """
 
 from __future__ import annotations
@@ -21,18 +19,13 @@ import time
 
 import gevent
 
+from nmc.hijack import Hijacked, hijack
 from nmc.http1 import BLOCK
 from nmc.http_rules import HOP_BY_HOP, connection_named
 
 log = logging.getLogger(__name__)
 
 LINGER = 2.0  # seconds the other direction gets once one direction has ended
-
-
-def client_socket(environ: dict) -> socket.socket | None:
-    """The client's socket, if the WSGI server lets it be taken over (pywsgi with our handler,
-    or gunicorn)."""
-    return environ.get("nmc.socket") or environ.get("gunicorn.socket")
 
 
 def relay_switch(environ: dict, start_response, replica_name: str, answer, extra_headers) -> list:
@@ -47,7 +40,7 @@ def relay_switch(environ: dict, start_response, replica_name: str, answer, extra
                    or (n.lower() not in HOP_BY_HOP and n.lower() not in named)]
         write = start_response(f"101 {answer.reason or 'Switching Protocols'}",
                                relayed + list(extra_headers))
-        _tunnel(environ, write, replica_name, client_socket(environ), upstream, pending)
+        _tunnel(write, replica_name, hijack(environ), upstream, pending)
     finally:
         _close(upstream)
     return []
@@ -56,10 +49,10 @@ def relay_switch(environ: dict, start_response, replica_name: str, answer, extra
 # -- the tunnel ---------------------------------------------------------------------------------
 
 
-def _tunnel(environ, write, replica_name: str, client, upstream, pending: bytes) -> None:
+def _tunnel(write, replica_name: str, client_connection: Hijacked, upstream,
+            pending: bytes) -> None:
     started = time.monotonic()
-    client_file = environ.get("nmc.rfile")
-    client_read = client_file.read1 if client_file is not None else client.recv
+    client = client_connection.socket
     try:
         client.settimeout(None)
         # The 101 head, alone, now (pywsgi sends headers with the first write, even an empty
@@ -67,12 +60,12 @@ def _tunnel(environ, write, replica_name: str, client, upstream, pending: bytes)
         write(b"")
     except OSError as e:
         log.debug("tunnel to %s: the client left before the 101 was sent: %s", replica_name, e)
-        _close_client(client_file, client)
+        client_connection.close()
         return
-    # From here on the connection is no longer HTTP: the server (told by close_after) neither
-    # writes an answer nor reads a request on it again.
+    # From here on the connection is no longer HTTP: the server (told by hijack) neither writes
+    # an answer nor reads a request on it again.
     counts = [0, 0]
-    up = gevent.spawn(_pump, client_read, upstream, counts, 0)
+    up = gevent.spawn(_pump, client_connection.read, upstream, counts, 0)
     down = gevent.spawn(_pump, upstream.recv, client, counts, 1, pending)
     try:
         first = gevent.wait([up, down], count=1)[0]
@@ -91,7 +84,7 @@ def _tunnel(environ, write, replica_name: str, client, upstream, pending: bytes)
             for sock in (client, upstream):
                 _shutdown(sock, socket.SHUT_RDWR)
             gevent.killall(running, timeout=1)
-        _close_client(client_file, client)
+        client_connection.close()
         log.debug("tunnel to %s closed after %.1fs (%d bytes up, %d down)%s", replica_name,
                   time.monotonic() - started, counts[0], counts[1],
                   "".join(f"; {p.value}" for p in (up, down) if isinstance(p.value, str)))
@@ -118,31 +111,9 @@ def _pump(read, sink: socket.socket, counts: list[int], index: int, first: bytes
 # -- small helpers ------------------------------------------------------------------------------
 
 
-def close_after(start_response) -> None:
-    """Tell the WSGI server to close the client's connection after this answer. pywsgi's
-    start_response is a method of its handler, whose close_connection ends the keep-alive loop
-    (our ProxyHandler then also says `Connection: close` on a non-101 answer)."""
-    handler = getattr(start_response, "__self__", None)
-    if handler is not None and hasattr(handler, "close_connection"):
-        handler.close_connection = True
-
-
 def _shutdown(sock, how) -> None:
     try:
         sock.shutdown(how)
-    except OSError:
-        pass
-
-
-def _close_client(client_file, client) -> None:
-    if client_file is not None:
-        try:
-            client_file.close()
-        except (OSError, ValueError, RuntimeError):
-            pass
-    _shutdown(client, socket.SHUT_RDWR)
-    try:
-        client.close()
     except OSError:
         pass
 

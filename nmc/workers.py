@@ -48,7 +48,7 @@ from nmc.pool import Pool
 from nmc.replica import Replica, State
 from nmc.logs import follow_live
 from nmc.run_dir import alive, run_dir, shutting_down, write_whole
-from nmc.server import ErrorLog, PortInUse, bind_listener
+from nmc.http_server import ErrorLog, PortInUse, bind_listener
 from nmc.shared_counts import SharedCounts
 from nmc.supervisor import Supervisor, thresholds_of
 

@@ -23,8 +23,7 @@ from nmc.cli import install_log_handler, set_log_levels
 from nmc.cluster import Cluster
 from nmc.config import Config
 from nmc.errors import NmcError
-from nmc.proxy import Proxy
-from nmc.server import open_access_log
+from nmc.proxy import Proxy, open_access_log
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""nmc's relay alone (nmc.server's ProxyServer and handler, nmc.proxy, nmc.transport, nmc.tunnel)
+"""nmc's relay alone (nmc.http_server's ProxyServer and handler, nmc.proxy, nmc.transport, nmc.tunnel)
 in front of one replica at 127.0.0.1:PORT, which a test plays itself: no Docker, no supervisor.
 
 Run as its own process, gevent patched first as nmc_server.py does: `python relay_process.py
@@ -53,7 +53,7 @@ def _serve(replica_port: int, backend_timeout: float) -> None:
     from nmc.backend import Address
     from nmc.pool import Pool, Replica, State
     from nmc.proxy import Proxy
-    from nmc.server import ProxyServer, bind_listener
+    from nmc.http_server import ProxyServer, bind_listener
 
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
                         format="%(name)s %(levelname)s %(message)s")
