@@ -67,12 +67,17 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from idle_conns import idle_test
-from procstat import (CLK_TCK, alive, cmd_out, docker_proxy_pids, free_ports, http_ok,
-                      machine_ticks, rss_kib, rss_mib, stat_fields, ticks, tree)
-from startup_time import admin_args, labelled, remove_labelled, time_docker, time_nmc
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository: harness/
 
-ROOT = Path(__file__).resolve().parent.parent
+from harness import ROOT  # noqa: E402
+from harness.ports import free_port_block, http_ok  # noqa: E402
+from harness.processes import cmd_out, own_session  # noqa: E402
+from harness.procfs import (CLK_TCK, alive, docker_proxy_pids, machine_ticks, rss_kib,  # noqa: E402
+                            rss_mib, stat_fields, ticks, tree)
+from idle_conns import idle_test  # noqa: E402
+from nmc.containers import LABEL_CLUSTER  # noqa: E402
+from startup_time import admin_args, labelled, remove_labelled, time_docker, time_nmc  # noqa: E402
+
 BENCH = ROOT / "bench"
 RESULTS = BENCH / "results"
 CONFIGS = ("direct", "nginx-w1", "naive", "nmc", "gunicorn-w2", "pm2-i2", "http-proxy")
@@ -192,14 +197,6 @@ def load_args(load: str, dur: float, lua: Path) -> tuple[list[str], str]:
 
 # -- the processes under test --------------------------------------------------------------------
 
-def _die_with_parent() -> None:  # in the child, between fork and exec
-    try:
-        import ctypes
-        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG: SIGTERM if bench.py dies
-    except Exception:
-        pass
-
-
 class Run:
     """Everything this run started (by PID) and how to stop it."""
 
@@ -227,8 +224,7 @@ class Run:
         with open(self.tmp / log_name, "wb") as out:
             self.procs[name] = subprocess.Popen(argv, cwd=ROOT, stdin=subprocess.DEVNULL,
                                                 stdout=out, stderr=subprocess.STDOUT,
-                                                start_new_session=True,
-                                                preexec_fn=_die_with_parent, **kw)
+                                                **own_session(), **kw)
 
     def start_nmc(self, port: int, base: int, admin: int) -> None:
         argv = ["./nmc_server.py", "--name", self.name, "--bind", "127.0.0.1", "--port", str(port),
@@ -432,7 +428,7 @@ class Run:
             if left:
                 log(f"{left} container(s) of cluster {cluster} left after {cfg} stopped: removed")
                 if labelled(cluster):
-                    log(f"!! containers labelled nmc.cluster={cluster} still there")
+                    log(f"!! containers labelled {LABEL_CLUSTER}={cluster} still there")
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
@@ -569,7 +565,7 @@ def main(argv=None) -> int:
         # P = base, replicas base+1 / base+2, nginx base+3, naive base+4, pm2 base+5,
         # http-proxy base+6, gunicorn base+7 with its replicas base+8 / base+9; the admin
         # interfaces of nmc and gunicorn base+10 / base+11
-        base = free_ports(12)
+        base = free_port_block(12, high=30000)
         P, B, G = base, base + 1, base + 8
         log(f"starting nmc (cluster {run.name}) on 127.0.0.1:{P}, replicas on {B} and {B + 1}")
         run.start_nmc(P, B, base + 10)

@@ -15,7 +15,7 @@ import statistics
 import time
 from typing import Callable
 
-from procstat import rss_kib
+from harness.procfs import rss_kib
 
 OPEN_TIMEOUT = 10.0     # seconds for one connection to open and get its first answer
 REQUEST_TIMEOUT = 5.0   # seconds for any later request

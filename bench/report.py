@@ -6,13 +6,13 @@ from __future__ import annotations
 import os
 import platform
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 
-from procstat import cmd_out
+from harness import ROOT
+from harness.processes import cmd_out, source_state
+from nmc.containers import LABEL_CLUSTER
 
-ROOT = Path(__file__).resolve().parent.parent
 NAN = float("nan")
 NAMES = {"direct": "direct (1 replica)", "nginx-w1": "nginx-w1", "naive": "naive (before)",
          "nmc": "**nmc** (./nmc_server.py)",
@@ -332,7 +332,7 @@ def render(*, args, run, rows, rss0, rss1, idle, starts, notes, skipped, interru
     if starts:
         L.append(f"start-up    {starts[0].get('command', '').replace(' -n 1 ', ' -n N ')}"
                  "   (N = 1, 8; throwaway name, free ports; SIGTERM after)")
-        L.append("            docker run -d --name NAME-PORT --label nmc.cluster=NAME "
+        L.append(f"            docker run -d --name NAME-PORT --label {LABEL_CLUSTER}=NAME "
                  "-e NMC_REPLICA=NAME-PORT -p 127.0.0.1:PORT:8080 nodejs.org   (x N at once)")
     if idle:
         L.append(f"idle        bench/idle_conns.py: {5000:,} connections, each GET /healthz "
@@ -368,7 +368,7 @@ def render(*, args, run, rows, rss0, rss1, idle, starts, notes, skipped, interru
     for cfg, cluster in (("nmc", run.name), ("gunicorn-w2", run.g_name)):
         if cfg in run.exits:
             left = run.leftovers.get(cluster, 0)
-            L.append(f"- {cfg} stop: {run.exits[cfg]}; containers labelled nmc.cluster={cluster} "
+            L.append(f"- {cfg} stop: {run.exits[cfg]}; containers labelled {LABEL_CLUSTER}={cluster} "
                      f"left: {left}{' (removed by bench.py)' if left else ''}")
     L.append(f"- run took {took:.0f} s" + (f" (nmc answered after {t_ready['nmc']:.1f} s)"
                                            if "nmc" in t_ready else ""))
@@ -376,15 +376,3 @@ def render(*, args, run, rows, rss0, rss1, idle, starts, notes, skipped, interru
         if tail:
             L.append(f"\n{cfg}'s last log lines:\n\n```\n{tail}\n```")
     return "\n".join(L) + "\n"
-
-
-def source_state() -> str:
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                              text=True, timeout=5).stdout.strip()
-        changed = subprocess.run(["git", "status", "--porcelain", "--", "nmc", "nmc_server.py"],
-                                 cwd=ROOT, capture_output=True, text=True, timeout=5).stdout.split("\n")
-    except (OSError, subprocess.SubprocessError):
-        return "unknown (no git)"
-    files = [line[3:] for line in changed if line.strip()]
-    return f"commit {head or '?'}" + (f", with uncommitted changes to {', '.join(files)}" if files else "")

@@ -11,48 +11,43 @@ removed at the end, even on an error or Ctrl-C.
 from __future__ import annotations
 
 import functools
+from contextlib import closing
 import os
 import random
-import re
 import select
 import signal
 import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
-from procstat import cmd_out, free_ports, http_ok
+from harness import ROOT
+from harness.cleanup import ENGINE_ERRORS, cluster_containers, engine, remove_cluster
+from harness.ports import free_port_block, http_ok
+from harness.processes import cmd_out, own_session
+from nmc.containers import LABEL_CLUSTER, LABEL_PORT
 
-ROOT = Path(__file__).resolve().parent.parent
 START_LIMIT = 120.0  # seconds for N replicas to be ready
 STOP_LIMIT = 45.0    # seconds for nmc to exit after SIGTERM (it removes N containers)
 
 
 def labelled(name: str) -> list[str]:
-    """Ids of the containers labelled nmc.cluster=NAME (running or not)."""
+    """Ids of the containers labelled nmc.cluster=NAME (running or not); none when the engine
+    does not answer."""
     try:
-        out = subprocess.run(["docker", "ps", "-aq", "--filter", f"label=nmc.cluster={name}"],
-                             capture_output=True, text=True, timeout=30).stdout
-    except (OSError, subprocess.SubprocessError):
+        with closing(engine(30)) as client:
+            return [c["Id"] for c in cluster_containers(client, name)]
+    except ENGINE_ERRORS:
         return []
-    return [x for x in out.split() if re.fullmatch(r"[0-9a-f]{6,64}", x)]
 
 
 def remove_labelled(name: str) -> int:
-    """docker rm -f every container of cluster NAME; how many there were."""
-    ids = labelled(name)
-    if ids:
-        subprocess.run(["docker", "rm", "-f", *ids], capture_output=True, timeout=120)
-    return len(ids)
-
-
-def _die_with_parent() -> None:  # in the child, between fork and exec
+    """Force-remove every container of cluster NAME; how many there were."""
     try:
-        import ctypes
-        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG: SIGTERM if bench.py dies
-    except Exception:
-        pass
+        with closing(engine(120)) as client:
+            return len(remove_cluster(client, name))
+    except ENGINE_ERRORS:
+        return 0
 
 
 @functools.cache
@@ -69,7 +64,7 @@ def admin_args(port: int) -> list[str]:
 def time_nmc(n: int, image: str = "nodejs.org") -> dict:
     """Start ./nmc_server.py -n N on free ports; seconds until "serving on"; then stop it."""
     name = "nmc-start-%06x" % random.SystemRandom().randrange(16**6)
-    base = free_ports(n + 2)  # the proxy, N replicas, the admin interface
+    base = free_port_block(n + 2, high=30000)  # the proxy, N replicas, the admin interface
     argv = ["./nmc_server.py", "--name", name, "--bind", "127.0.0.1", "--port", str(base),
             "--base-port", str(base + 1), "-n", str(n), "-q", "--image", image,
             *admin_args(base + n + 1)]
@@ -78,8 +73,7 @@ def time_nmc(n: int, image: str = "nodejs.org") -> dict:
     t0 = time.monotonic()
     p = subprocess.Popen([sys.executable, *argv], cwd=ROOT, stdin=subprocess.DEVNULL,
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                         env={**os.environ, "PYTHONUNBUFFERED": "1"},
-                         start_new_session=True, preexec_fn=_die_with_parent)
+                         env={**os.environ, "PYTHONUNBUFFERED": "1"}, **own_session())
     try:
         buf, deadline = b"", t0 + START_LIMIT
         while "ready_s" not in out and time.monotonic() < deadline:
@@ -139,14 +133,14 @@ def _stop(p: subprocess.Popen) -> str:
 def time_docker(n: int, image: str = "nodejs.org", container_port: int = 8080) -> dict:
     """N `docker run -d` at once; seconds until every published port answers /healthz."""
     name = "nmc-floor-%06x" % random.SystemRandom().randrange(16**6)
-    base = free_ports(n)
+    base = free_port_block(n, high=30000)
     out: dict = {"n": n, "name": name}
     errors: list[str] = []
 
     def run_one(port: int) -> None:
         cname = f"{name}-{port}"
         r = subprocess.run(["docker", "run", "-d", "--name", cname, "--hostname", cname,
-                            "--label", f"nmc.cluster={name}", "--label", f"nmc.port={port}",
+                            "--label", f"{LABEL_CLUSTER}={name}", "--label", f"{LABEL_PORT}={port}",
                             "-e", f"NMC_REPLICA={cname}",
                             "-p", f"127.0.0.1:{port}:{container_port}", image],
                            capture_output=True, text=True, timeout=START_LIMIT)

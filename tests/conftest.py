@@ -5,13 +5,7 @@ from __future__ import annotations
 
 import io
 import os
-import random
 import re
-import signal
-import socket
-import subprocess
-import sys
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -19,7 +13,13 @@ from pathlib import Path
 import pytest
 import requests
 
-ROOT = Path(__file__).resolve().parent.parent
+import harness.cleanup
+from harness import ROOT  # noqa: F401 (the tests import it from here)
+from harness.load import GetLoad
+from harness.ports import free_port_block
+from harness.processes import NmcProcess
+from nmc.containers import LABEL_CLUSTER
+
 IMAGE = os.environ.get("NMC_TEST_IMAGE", "nodejs.org")
 LOG_LINE = re.compile(r"^\d{4}/\d{2}/\d{2} \d{2}:\d{2}:\d{2} ")
 
@@ -61,124 +61,8 @@ def cluster_name(docker_client, request, scratch_images):
 
 
 def remove_cluster(client, name: str) -> None:
-    for label in (f"nmc.cluster={name}", f"nmct.owner={name}"):
-        for container in client.containers.list(all=True, filters={"label": label},
-                                                ignore_removed=True):
-            try:
-                container.remove(force=True)
-            except Exception:
-                pass
-
-
-def port_is_free(port: int) -> bool:
-    with socket.socket() as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    with socket.socket() as probe:  # nmc listens on all interfaces by default
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind(("0.0.0.0", port))
-        except OSError:
-            return False
-    return True
-
-
-def free_port_block(count: int) -> int:
-    """The first of `count` consecutive free ports, picked at random so parallel runs rarely meet."""
-    for _ in range(200):
-        base = random.randrange(20000, 45000)
-        if all(port_is_free(base + i) for i in range(count)):
-            return base
-    raise RuntimeError(f"no {count} consecutive free ports found")
-
-
-class NmcProcess:
-    """./nmc_server.py (or `command`, e.g. gunicorn) running in its own process; its stderr and
-    stdout are collected by threads."""
-
-    def __init__(self, args: list[str], env: dict | None = None, command: list[str] | None = None):
-        self.args = args
-        self.lines: list[str] = []   # stderr: the log
-        self.stdout: list[str] = []
-        self._changed = threading.Condition()
-        self.proc = subprocess.Popen(
-            [*(command or [sys.executable, str(ROOT / "nmc_server.py")]), *args],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
-            text=True, encoding="utf-8", errors="replace", cwd=ROOT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
-        self._readers = [threading.Thread(target=self._collect, args=(stream, sink), daemon=True)
-                         for stream, sink in ((self.proc.stderr, self.lines),
-                                              (self.proc.stdout, self.stdout))]
-        for reader in self._readers:
-            reader.start()
-
-    def _collect(self, stream, sink):
-        for line in stream:
-            with self._changed:
-                sink.append(line.rstrip("\n"))
-                self._changed.notify_all()
-        with self._changed:
-            self._changed.notify_all()
-
-    @property
-    def log(self) -> str:
-        return "\n".join(self.lines)
-
-    def log_summary(self, limit: int = 60) -> str:
-        """The log without the per-request lines (counted instead), its last `limit` lines."""
-        kept = [line for line in self.lines if "Forwarding request to port" not in line]
-        relayed = len(self.lines) - len(kept)
-        return "\n".join(kept[-limit:] + [f"(and {relayed} 'Forwarding request' lines)"] * bool(relayed))
-
-    def wait_for_line(self, pattern: str, timeout: float = 30, start: int = 0) -> re.Match:
-        """The first log line (from index `start`) matching `pattern`; fails after `timeout`."""
-        regex = re.compile(pattern)
-        deadline = time.monotonic() + timeout
-        with self._changed:
-            while True:
-                for line in self.lines[start:]:
-                    match = regex.search(line)
-                    if match:
-                        return match
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or (self.proc.poll() is not None and not self._reading()):
-                    raise AssertionError(f"no log line matching {pattern!r} within {timeout}s; "
-                                         f"exit code {self.proc.poll()}; log:\n{self.log_summary()}")
-                self._changed.wait(min(remaining, 0.2))
-
-    def _reading(self) -> bool:
-        return any(reader.is_alive() for reader in self._readers)
-
-    def wait_serving(self, timeout: float = 60) -> None:
-        self.wait_for_line(r"serving on http://", timeout)
-
-    def signal(self, signum=signal.SIGTERM) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signum)
-
-    def wait_exit(self, timeout: float = 30) -> int:
-        code = self.proc.wait(timeout)
-        deadline = time.monotonic() + 5
-        while self._reading() and time.monotonic() < deadline:  # let the readers drain the pipes
-            time.sleep(0.02)
-        return code
-
-    def stop(self) -> None:
-        """SIGTERM (nmc removes its replicas itself), SIGKILL if it does not exit in time."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.kill()
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
+    """Every container of the test's cluster, and those the test labelled nmct.owner=NAME."""
+    harness.cleanup.remove_cluster(client, name, labels=(LABEL_CLUSTER, "nmct.owner"))
 
 
 @pytest.fixture
@@ -226,44 +110,7 @@ def get(url: str, **kwargs) -> requests.Response:
     return requests.get(url, **kwargs)
 
 
-class Load:
-    """`clients` threads sending GET /whoami until stopped (at most `limit` seconds), each with a
-    keep-alive session, or with a fresh connection per request (`fresh_connections`: under
-    gunicorn, every worker then gets some). The statuses, or exception names, in order, and
-    when each failed request was sent."""
-
-    def __init__(self, url: str, clients: int = 4, limit: float = 120,
-                 fresh_connections: bool = False):
-        self.url, self.clients = url, clients
-        self.statuses: list = []
-        self.failed_at: list[float] = []  # when each failed request was sent (monotonic)
-        self._headers = {"Connection": "close"} if fresh_connections else {}
-        self._done = threading.Event()
-        self._deadline = time.monotonic() + limit
-        self._threads = [threading.Thread(target=self._client) for _ in range(clients)]
-        for thread in self._threads:
-            thread.start()
-
-    def _client(self) -> None:
-        with requests.Session() as session:
-            while not self._done.is_set() and time.monotonic() < self._deadline:
-                sent = time.monotonic()
-                try:
-                    status = session.get(self.url + "/whoami", headers=self._headers,
-                                         timeout=10).status_code
-                except requests.RequestException as e:
-                    status = type(e).__name__
-                self.statuses.append(status)
-                if status != 200:
-                    self.failed_at.append(sent)
-
-    def stop(self) -> None:
-        self._done.set()
-        for thread in self._threads:
-            thread.join(30)
-
-    def failures(self) -> list:
-        return [s for s in self.statuses if s != 200]
+Load = GetLoad  # the tests' name for it
 
 
 @pytest.fixture

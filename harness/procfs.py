@@ -1,13 +1,9 @@
-"""What bench.py reads of processes and ports: CPU ticks and RSS from /proc, free loopback
-ports, and one GET to see whether a port answers."""
+"""What the harness reads of processes in /proc: CPU ticks, RSS, process trees, the whole
+machine's CPU time and Docker's userland proxies (Linux only)."""
 
 from __future__ import annotations
 
-import http.client
 import os
-import random
-import socket
-import subprocess
 from pathlib import Path
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -27,8 +23,18 @@ def alive(pid: int) -> bool:
 
 
 def ticks(pid: int) -> int:
+    """CPU ticks (user + system) of a process; 0 when it is gone."""
     f = stat_fields(pid)
     return int(f[11]) + int(f[12]) if f else 0
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """CPU seconds (user + system) of a process; None when it is gone (or no /proc)."""
+    f = stat_fields(pid)
+    try:
+        return (int(f[11]) + int(f[12])) / CLK_TCK if f else None
+    except (ValueError, IndexError):
+        return None
 
 
 def tree(pid: int) -> list[int]:
@@ -65,8 +71,18 @@ def rss_mib(pids: list[int]) -> float:
 
 
 def machine_ticks() -> tuple[int, int]:
+    """(busy, total) CPU ticks of the whole machine so far (all CPUs; iowait counts as idle)."""
     v = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:9]]
-    return sum(v) - v[3] - v[4], sum(v)  # busy, total (both CPUs)
+    return sum(v) - v[3] - v[4], sum(v)
+
+
+def machine_seconds() -> tuple[float, float] | None:
+    """machine_ticks() in seconds; None where there is no /proc/stat."""
+    try:
+        busy, total = machine_ticks()
+    except (OSError, ValueError, IndexError):
+        return None
+    return busy / CLK_TCK, total / CLK_TCK
 
 
 def docker_proxy_pids(port: int) -> list[int]:
@@ -84,46 +100,3 @@ def docker_proxy_pids(port: int) -> list[int]:
             if i + 1 < len(argv) and argv[i + 1] == str(port).encode():
                 out.append(int(d))
     return out
-
-
-def port_is_free(port: int) -> bool:
-    for address in ("127.0.0.1", "0.0.0.0"):
-        with socket.socket() as s:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                s.bind((address, port))
-            except OSError:
-                return False
-    return True
-
-
-def free_ports(count: int) -> int:
-    """The first of COUNT consecutive free ports in 20000-29999 (random, so parallel runs rarely meet)."""
-    pick = random.SystemRandom()
-    for _ in range(500):
-        base = pick.randrange(20000, 30000 - count)
-        if all(port_is_free(p) for p in range(base, base + count)):
-            return base
-    raise RuntimeError(f"no {count} consecutive free ports found")
-
-
-def http_ok(port: int, path: str = "/healthz", timeout: float = 2.0) -> bool:
-    """One GET on a new connection to 127.0.0.1:PORT answered 2xx."""
-    try:
-        c = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-        c.request("GET", path)
-        r = c.getresponse()
-        r.read()
-        c.close()
-        return 200 <= r.status < 300
-    except (OSError, http.client.HTTPException):
-        return False
-
-
-def cmd_out(args: list[str], timeout: float = 15) -> str:
-    """stdout + stderr of a short command, or why it could not run."""
-    try:
-        r = subprocess.run(args, capture_output=True, text=True, timeout=timeout)
-        return (r.stdout + r.stderr).strip()
-    except (OSError, subprocess.SubprocessError) as e:
-        return f"? ({e})"
