@@ -111,6 +111,21 @@ def test_scale_and_rollout_through_the_admin_port(with_admin, cluster_name):
     assert_no_traceback(server)
 
 
+def test_the_admin_port_keeps_its_guards_under_gunicorn(with_admin):
+    """As tests/test_admin.py checks them: the Host check against DNS rebinding, JSON-only
+    POSTs, and the public port never answering admin paths."""
+    server, admin, port = with_admin()
+    assert requests.get(admin + "/status", headers={"Host": "evil.example"}, timeout=5).status_code == 403
+    assert requests.post(admin + "/scale", json={"replicas": 3}, headers={"Host": "evil.example"},
+                         timeout=5).status_code == 403
+    answer = requests.post(admin + "/scale", data=b"{not json", timeout=5)
+    assert answer.status_code == 415 and "JSON" in answer.json()["error"]
+    assert requests.get(admin + "/scale", timeout=5).status_code == 405
+    answer = requests.get(server.url + "/status", timeout=5)
+    assert answer.status_code == 404 and "X-Served-By" in answer.headers  # a replica's answer
+    assert_no_traceback(server)
+
+
 def test_a_new_supervising_worker_serves_the_admin_port_and_the_counts_go_on(with_admin):
     server, admin, _port = with_admin()
     leader = server.leaders()[-1]
