@@ -23,7 +23,7 @@ nmc-server: N replicas of a Node.js site in Docker, behind one port, relayed rou
 
 Usage:
   nmc-server [options] [--name NAME] [--image IMAGE] [--max-surge N] [--admin-port PORT]
-             [-e KEY=VALUE]...
+             [-e KEY=VALUE]... [--cap-add CAP]...
   nmc-server status [--admin-port PORT]
   nmc-server scale N [--admin-port PORT]
   nmc-server rollout [--image IMAGE] [--max-surge N] [--admin-port PORT]
@@ -45,6 +45,9 @@ Options:
                              it as PORT too [default: 8080].
   -e, --env KEY=VALUE        Set a variable in every replica's environment (repeatable).
   --env-file FILE            Read replica variables from FILE: KEY=VALUE lines, # comments.
+  --cap-add CAP              Give the replicas a Linux capability back (repeatable; they run
+                             with all dropped and no-new-privileges), e.g. NET_BIND_SERVICE.
+  --read-only                Run the replicas with a read-only root filesystem (a tmpfs /tmp).
   --name NAME                Cluster name: replicas are named NAME-PORT and labelled
                              nmc.cluster=NAME [default: nmc].
   --health-path PATH         URL path that answers 2xx while a replica is alive

@@ -60,6 +60,9 @@ class Config:
     env_file: str = ""
     # The environment of every replica: --env-file's variables, then -e's (which win).
     env: tuple[tuple[str, str], ...] = ()
+    # Replicas run with every capability dropped and no-new-privileges; these come back.
+    cap_add: tuple[str, ...] = ()
+    read_only: bool = False  # a read-only root filesystem, with a tmpfs /tmp
 
     @property
     def replica_ports(self) -> list[int]:
@@ -158,6 +161,9 @@ class Config:
             option = "--" + f.name.replace("_", "-")
             if f.name == "env":
                 continue  # below, with --env-file
+            if f.name == "cap_add":
+                kwargs[f.name] = _read_capabilities(raw)
+                continue
             if f.type == "bool":
                 kwargs[f.name] = _parse_bool(option, raw)
             elif f.type == "int":
@@ -178,6 +184,33 @@ class Config:
 
 
 _ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+# Linux's capabilities (capabilities(7)), as Docker names them; ALL gives every one back.
+CAPABILITIES = frozenset("""
+    AUDIT_CONTROL AUDIT_READ AUDIT_WRITE BLOCK_SUSPEND BPF CHECKPOINT_RESTORE CHOWN DAC_OVERRIDE
+    DAC_READ_SEARCH FOWNER FSETID IPC_LOCK IPC_OWNER KILL LEASE LINUX_IMMUTABLE MAC_ADMIN
+    MAC_OVERRIDE MKNOD NET_ADMIN NET_BIND_SERVICE NET_BROADCAST NET_RAW PERFMON SETFCAP SETGID
+    SETPCAP SETUID SYSLOG SYS_ADMIN SYS_BOOT SYS_CHROOT SYS_MODULE SYS_NICE SYS_PACCT SYS_PTRACE
+    SYS_RAWIO SYS_RESOURCE SYS_TIME SYS_TTY_CONFIG WAKE_ALARM ALL""".split())
+
+
+def _read_capabilities(items) -> tuple[str, ...]:
+    """--cap-add's values (a list, or from NMC_CAP_ADD one per line or comma-separated), as
+    Docker names them: NET_BIND_SERVICE (CAP_net_bind_service is the same one)."""
+    if isinstance(items, str):
+        items = re.split(r"[\s,]+", items)
+    found = []
+    for item in items or ():
+        name = item.strip().upper()
+        if not name:
+            continue
+        name = name.removeprefix("CAP_")
+        if name not in CAPABILITIES:
+            raise UsageError(f"--cap-add {item!r}: no such capability (e.g. NET_BIND_SERVICE, "
+                             "CHOWN; see capabilities(7))")
+        if name not in found:
+            found.append(name)
+    return tuple(found)
 
 
 def _read_env(items, env_file: str) -> tuple[tuple[str, str], ...]:

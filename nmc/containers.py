@@ -63,9 +63,18 @@ class ReplicaSpec:
     container_port: int
     host_ip: str = "127.0.0.1"
     env: dict[str, str] = field(default_factory=dict)
+    cap_add: tuple[str, ...] = ()  # every other capability is dropped
+    read_only: bool = False
 
     def settings_hash(self, image_id: str) -> str:
-        return settings_hash(image_id, self.container_port, self.env)
+        return settings_hash(image_id, self.container_port, self.env,
+                             *hardening_settings(self.cap_add, self.read_only))
+
+
+def hardening_settings(cap_add: tuple[str, ...], read_only: bool) -> list:
+    """The hardening a replica runs with, as the settings hash sees it (containers and services
+    made before nmc hardened them have other hashes: they are replaced, not adopted)."""
+    return ["hardened-1", sorted(cap_add), read_only]
 
 
 def settings_hash(image_id: str, container_port: int, env: dict[str, str], *more) -> str:
@@ -269,6 +278,10 @@ class Engine:
             labels=labels,
             environment={"NMC_REPLICA": spec.name, **spec.env},
             ports={f"{spec.container_port}/tcp": (spec.host_ip, spec.host_port)},
+            # hardened: no capability but those given back, no gaining any through setuid files
+            cap_drop=["ALL"], cap_add=list(spec.cap_add) or None,
+            security_opt=["no-new-privileges"],
+            read_only=spec.read_only, tmpfs={"/tmp": ""} if spec.read_only else None,
         )
         try:
             container.start()
@@ -414,7 +427,8 @@ class ContainerBackend:
     def _spec(self, slot: int, image_id: str) -> ReplicaSpec:
         return ReplicaSpec(cluster=self.config.name, name=self.slot_name(slot), image=image_id,
                            host_port=slot, container_port=self.config.container_port,
-                           host_ip=REPLICA_HOST, env=self.config.replica_env)
+                           host_ip=REPLICA_HOST, env=self.config.replica_env,
+                           cap_add=self.config.cap_add, read_only=self.config.read_only)
 
     def image_id(self, image: str) -> str:
         return self.engine.image_id(image)

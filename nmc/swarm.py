@@ -26,7 +26,7 @@ import requests
 from nmc.backend import Address, EngineError, Event, Happening, Instance
 from nmc.config import Config
 from nmc.containers import (LABEL_CLUSTER, LABEL_SETTINGS, STOPPING_SIGNALS, Engine, engine_call,
-                            explain, first_line, settings_hash)
+                            explain, first_line, hardening_settings, settings_hash)
 
 log = logging.getLogger(__name__)
 
@@ -254,7 +254,8 @@ class SwarmService:
         """As a container's, and the health check's settings too (they are in the service's spec)."""
         config = self.config
         return settings_hash(image_id, config.container_port, config.replica_env,
-                             config.health_path, config.start_timeout)
+                             config.health_path, config.start_timeout,
+                             *hardening_settings(config.cap_add, config.read_only))
 
     @engine_call("create or update the swarm service")
     def prepare(self, count: int, image_id: str) -> None:
@@ -283,7 +284,12 @@ class SwarmService:
                 config.image, hostname=SLOT_NAME,
                 labels={LABEL_IMAGE: image_id, LABEL_CLUSTER: config.name},
                 env=[f"NMC_REPLICA={SLOT_NAME}"]
-                + [f"{k}={v}" for k, v in config.replica_env.items()]),
+                + [f"{k}={v}" for k, v in config.replica_env.items()],
+                # hardened as on one host, but for no-new-privileges: a service spec has no
+                # place for it before Engine 23 (API 1.44)
+                cap_drop=["ALL"], cap_add=list(config.cap_add) or None,
+                read_only=config.read_only or None,
+                mounts=[docker.types.Mount("/tmp", None, type="tmpfs")] if config.read_only else None),
             restart_policy=docker.types.RestartPolicy(condition="any", delay=0))
         template["ContainerSpec"]["Healthcheck"] = self._healthcheck()
         self.api.create_service(

@@ -102,6 +102,9 @@ def test_swarm_tasks_serve_and_kills_and_scaling_fail_no_request(
         assert (replica["state"], replica["engine_state"]) == ("ready", "running")
     assert process.wait_for_line(rf"replica {cluster_name}\.1 \(node {node}, port \d+, task \w+\): "
                                  r"starting -> ready")
+    container_spec = docker_client.api.inspect_service(cluster_name)["Spec"]["TaskTemplate"][
+        "ContainerSpec"]
+    assert container_spec["CapabilityDrop"] == ["ALL"]  # hardened as on one host
     metrics = requests.get(f"http://127.0.0.1:{admin_port}/metrics", timeout=10).text
     assert f'nmc_replica_info{{address="127.0.0.1:{status["replicas"][0]["port"]}"' in metrics
     load = Load(url, clients=4, limit=90)
