@@ -41,6 +41,9 @@ RETRY_AFTER = "1"         # seconds, in 503 answers
 QUEUE_POLL = 0.05         # seconds between looks for a ready replica while a request waits
 # Requests that may be sent again to another replica when the first broke mid-way (RFC 9110 9.2.2).
 IDEMPOTENT = frozenset(("GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"))
+# A POST or PATCH with an Idempotency-Key header (the IETF httpapi draft) may be sent again too:
+# the client says that the server recognises a repeat by its key.
+MADE_IDEMPOTENT_BY_KEY = frozenset(("POST", "PATCH"))
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._:+/=-]{1,128}$")
 STICKY_COOKIE = "nmc_replica"
 STICKY = re.compile(r"(?:^|;)\s*nmc_replica=([^;\s]+)")
@@ -187,8 +190,7 @@ class Proxy:
                                 f"{self.timeout[1]:g}s", request_id, error_extra)
         except requests.exceptions.ConnectionError:
             self._fail(replica, "connection broken")
-            if request.method in IDEMPOTENT and (body is None or body.replayable) \
-                    and not request.upgrade:
+            if request.idempotent and (body is None or body.replayable) and not request.upgrade:
                 exchange.abandon()
                 return _TRY_ANOTHER  # safe to send again: the method says so, and the body is at hand
             exchange.finish(502, failed=True)
@@ -231,7 +233,8 @@ _TRY_ANOTHER = object()  # what _forward returns when another replica may take i
 class _Request:
     """What the relay needs of a client's request, read once from the environ."""
 
-    __slots__ = ("environ", "arrived", "id", "method", "target", "headers", "upgrade")
+    __slots__ = ("environ", "arrived", "id", "method", "target", "headers", "upgrade",
+                 "idempotent")
 
     def __init__(self, environ: dict):
         self.environ = environ
@@ -241,6 +244,9 @@ class _Request:
         self.target = _request_target(environ)
         self.headers = _request_headers(environ, self.id)
         self.upgrade = _upgrade_requested(environ)
+        self.idempotent = self.method in IDEMPOTENT or (
+            self.method in MADE_IDEMPOTENT_BY_KEY
+            and bool(environ.get("HTTP_IDEMPOTENCY_KEY", "").strip()))
         if self.upgrade:  # hop-by-hop, yet what asks the replica to switch (as Go's ReverseProxy)
             self.headers["Connection"] = "Upgrade"
             self.headers["Upgrade"] = self.upgrade

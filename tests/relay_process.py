@@ -1,8 +1,8 @@
 """nmc's relay alone (nmc.http_server's ProxyServer and handler, nmc.proxy, nmc.transport, nmc.tunnel)
-in front of one replica at 127.0.0.1:PORT, which a test plays itself: no Docker, no supervisor.
+in front of replicas at 127.0.0.1:PORT, which a test plays itself: no Docker, no supervisor.
 
 Run as its own process, gevent patched first as nmc_server.py does: `python relay_process.py
-REPLICA_PORT [BACKEND_TIMEOUT]`; it prints the port it listens on (on 127.0.0.1), then serves
+PORT[,PORT...] [BACKEND_TIMEOUT]`; it prints the port it listens on (on 127.0.0.1), then serves
 until stdin closes. `RelayProcess` does that for a test.
 """
 
@@ -21,11 +21,12 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 class RelayProcess:
-    """The relay as a child process in front of the replica at 127.0.0.1:`replica_port`."""
+    """The relay as a child process in front of the replicas at 127.0.0.1:`replica_ports`
+    (round-robin, in that order)."""
 
-    def __init__(self, replica_port: int, backend_timeout: float = 2.0):
+    def __init__(self, *replica_ports: int, backend_timeout: float = 2.0):
         self.process = subprocess.Popen(
-            [sys.executable, __file__, str(replica_port), str(backend_timeout)],
+            [sys.executable, __file__, ",".join(map(str, replica_ports)), str(backend_timeout)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT,
             text=True)
         line = self.process.stdout.readline()
@@ -45,7 +46,7 @@ class RelayProcess:
         return self.process.stderr.read()
 
 
-def _serve(replica_port: int, backend_timeout: float) -> None:
+def _serve(replica_ports: list[int], backend_timeout: float) -> None:
     import logging
 
     import gevent
@@ -57,9 +58,9 @@ def _serve(replica_port: int, backend_timeout: float) -> None:
 
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
                         format="%(name)s %(levelname)s %(message)s")
-    replica = Replica(f"replica-{replica_port}", replica_port, state=State.READY,
-                      address=Address("127.0.0.1", replica_port))
-    proxy = Proxy(Pool([replica]), backend_timeout=backend_timeout, queue_timeout=0,
+    replicas = [Replica(f"replica-{port}", port, state=State.READY,
+                        address=Address("127.0.0.1", port)) for port in replica_ports]
+    proxy = Proxy(Pool(replicas), backend_timeout=backend_timeout, queue_timeout=0,
                   log_requests=False)
     listener = bind_listener("127.0.0.1", 0)
     listener.listen(64)
@@ -72,4 +73,4 @@ def _serve(replica_port: int, backend_timeout: float) -> None:
 
 if __name__ == "__main__":
     sys.path.insert(0, str(ROOT))  # this tree's nmc, whatever the virtualenv has installed
-    _serve(int(sys.argv[1]), float(sys.argv[2]))
+    _serve([int(port) for port in sys.argv[1].split(",")], float(sys.argv[2]))
