@@ -72,6 +72,8 @@ Options:
                              [default: 60].
   --max-connections N        Open client connections at most; past it new ones get a 503
                              [default: 10000].
+  --max-body-size SIZE       Largest request body, e.g. 10m, 512k (larger: 413); none by
+                             default.
   --balance POLICY           How a replica is chosen: roundrobin (each in turn, as the
                              original) or least-conn (the fewest requests in flight)
                              [default: roundrobin].

@@ -45,7 +45,8 @@ class Cluster:
                            backend_timeout=config.backend_timeout,
                            queue_timeout=config.queue_timeout,
                            log_requests=not config.quiet, served_by=config.served_by,
-                           balance=config.balance, sticky=config.sticky, access_log=access_log)
+                           balance=config.balance, sticky=config.sticky, access_log=access_log,
+                           max_body_size=config.max_body_size)
 
     def supervise(self, backend: Backend) -> Supervisor:
         """This process supervises the replicas on `backend` (start them with .start())."""

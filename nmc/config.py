@@ -45,6 +45,7 @@ class Config:
     header_timeout: float = 10.0
     idle_timeout: float = 60.0
     max_connections: int = 10000
+    max_body_size: int = 0  # bytes a request body may have at most (413 past it); 0: no limit
     balance: str = "roundrobin"  # or "least-conn"
     sticky: bool = False    # cookie-based affinity: a client keeps its replica while it is ready
     build: str = ""         # a folder to build the image from (then named build_image)
@@ -164,6 +165,9 @@ class Config:
             if f.name == "cap_add":
                 kwargs[f.name] = _read_capabilities(raw)
                 continue
+            if f.name == "max_body_size":
+                kwargs[f.name] = _parse_size(option, raw)
+                continue
             if f.type == "bool":
                 kwargs[f.name] = _parse_bool(option, raw)
             elif f.type == "int":
@@ -192,6 +196,18 @@ CAPABILITIES = frozenset("""
     MAC_OVERRIDE MKNOD NET_ADMIN NET_BIND_SERVICE NET_BROADCAST NET_RAW PERFMON SETFCAP SETGID
     SETPCAP SETUID SYSLOG SYS_ADMIN SYS_BOOT SYS_CHROOT SYS_MODULE SYS_NICE SYS_PACCT SYS_PTRACE
     SYS_RAWIO SYS_RESOURCE SYS_TIME SYS_TTY_CONFIG WAKE_ALARM ALL""".split())
+
+
+_SIZE_RE = re.compile(r"(\d+)\s*([kmg]?)b?", re.IGNORECASE)
+
+
+def _parse_size(option: str, raw) -> int:
+    """`10m`, `512k`, `1g`, `4096` (bytes; k, m, g are 1024, 1024², 1024³): nginx's syntax."""
+    found = _SIZE_RE.fullmatch(str(raw).strip())
+    if not found:
+        raise UsageError(f"{option} must be a size such as 10m, 512k or 4096 (bytes), not {raw!r}")
+    number, unit = int(found.group(1)), found.group(2).lower()
+    return number * {"": 1, "k": 1024, "m": 1024 ** 2, "g": 1024 ** 3}[unit]
 
 
 def _read_capabilities(items) -> tuple[str, ...]:

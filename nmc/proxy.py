@@ -62,6 +62,14 @@ class BackendBroke(ConnectionResetError):
 class ClientBodyError(Exception):
     """Reading the client's request body failed (malformed chunks, or the client went away)."""
 
+    status = 400
+
+
+class BodyTooLarge(ClientBodyError):
+    """The request body is over --max-body-size."""
+
+    status = 413
+
 
 def make_session(pool_size: int = 1024) -> requests.Session:
     """A Session that adds nothing of its own to relayed requests and keeps up to `pool_size`
@@ -84,8 +92,9 @@ class Proxy:
                  backend_timeout: float = 30.0, queue_timeout: float = 2.0,
                  log_requests: bool = True, served_by: bool = True,
                  balance: str = "roundrobin", sticky: bool = False, access_log=None,
-                 session: requests.Session | None = None):
+                 max_body_size: int = 0, session: requests.Session | None = None):
         self.pool = pool
+        self.max_body_size = max_body_size  # bytes; 0: no limit
         self.balance = balance
         self.sticky = sticky
         self.access_log = access_log  # a text file: one combined-format line per request
@@ -107,7 +116,7 @@ class Proxy:
                 return error_answer(start_response, 501, "this server cannot hand over the "
                                     "connection for an upgrade", request.id)
         try:
-            body = _request_body(environ)
+            body = _request_body(environ, self.max_body_size)
         except ClientBodyError as e:
             return _bad_body(environ, start_response, e, request.id)
         tried: dict[Replica, str | None] = {}  # replica -> the instance it had when tried
@@ -174,7 +183,7 @@ class Proxy:
         try:
             response = self.transport.send(prepared, stream=True, timeout=self.timeout)
         except ClientBodyError as e:  # the client's fault, not the replica's
-            exchange.finish(400, failed=False)
+            exchange.finish(e.status, failed=False)
             return _bad_body(request.environ, start_response, e, request_id)
         except requests.exceptions.ConnectTimeout:
             exchange.abandon()
@@ -371,8 +380,9 @@ class _ClientBody:
     """The client's request body as the transport reads it. A failure to read it is a
     ClientBodyError, so that a bad or vanished client is not blamed on the replica."""
 
-    def __init__(self, stream):
+    def __init__(self, stream, limit: int = 0):
         self.stream = stream
+        self.limit = limit  # bytes at most (0: no limit)
         self.received = 0  # bytes read from the client so far
 
     @property
@@ -386,6 +396,8 @@ class _ClientBody:
         except (OSError, ValueError) as e:
             raise ClientBodyError(f"request body: {e}") from e
         self.received += len(data)
+        if self.limit and self.received > self.limit:
+            raise BodyTooLarge(too_large(self.limit))
         return data
 
 
@@ -421,9 +433,10 @@ class _ChunkedBody(_ClientBody):
 
     replayable = False
 
-    def __init__(self, stream):
-        super().__init__(stream)
-        # the first piece now: a malformed first chunk is a 400 before anything is relayed
+    def __init__(self, stream, limit: int = 0):
+        super().__init__(stream, limit)
+        # the first piece now: a malformed first chunk is a 400 (too large: a 413) before
+        # anything is relayed
         self.first = self._guarded(_read_chunk_piece, stream)
 
     def __iter__(self) -> Iterator[bytes]:
@@ -433,18 +446,25 @@ class _ChunkedBody(_ClientBody):
             piece = self._guarded(_read_chunk_piece, self.stream)
 
 
-def _request_body(environ: dict) -> _ClientBody | None:
-    """None when the request has no body (then no framing header reaches the replica)."""
+def _request_body(environ: dict, limit: int = 0) -> _ClientBody | None:
+    """None when the request has no body (then no framing header reaches the replica).
+    BodyTooLarge when it declares more than `limit` bytes (a chunked one: once it sends more)."""
     stream = environ["wsgi.input"]
     length = environ.get("CONTENT_LENGTH")
     if length and length != "0":
+        if limit and int(length) > limit:
+            raise BodyTooLarge(too_large(limit))
         if int(length) <= SMALL_BODY:
             return _SmallBody(stream, int(length))
         return _LengthBody(stream)
     if environ.get("HTTP_TRANSFER_ENCODING", "").lower() == "chunked":
-        body = _ChunkedBody(stream)
+        body = _ChunkedBody(stream, limit)
         return body if body.first else None
     return None
+
+
+def too_large(limit: int) -> str:
+    return f"the request body is over --max-body-size ({limit:,} bytes)"
 
 
 def _read_chunk_piece(stream) -> bytes:
@@ -470,8 +490,8 @@ def _upgrade_requested(environ: dict) -> str | None:
 
 
 def _bad_body(environ: dict, start_response, error: ClientBodyError, request_id: str):
-    environ["nmc.close_connection"] = True  # the rest of the body cannot be trusted
-    return error_answer(start_response, 400, str(error), request_id)
+    environ["nmc.close_connection"] = True  # the rest of the body cannot be trusted, or is unread
+    return error_answer(start_response, error.status, str(error), request_id)
 
 
 # -- the answer ---------------------------------------------------------------------------------

@@ -48,6 +48,9 @@ def test_options_reach_the_config():
     (["--port"], "--port requires argument"),
     (["-p", "1", "-p", "2"], "an option is given twice"),
     (["--swarm", "--base-port", "4001"], "--base-port does not apply with --swarm"),
+    (["--max-body-size", "lots"], "--max-body-size must be a size such as 10m, 512k or 4096"),
+    (["--max-body-size", "10x"], "--max-body-size must be a size"),
+    (["--cap-add", "FLY"], "--cap-add 'FLY': no such capability"),
 ])
 def test_bad_options_give_one_line(argv, message):
     with pytest.raises(UsageError) as error:
@@ -55,6 +58,12 @@ def test_bad_options_give_one_line(argv, message):
     assert message in str(error.value)
     assert "\n" not in str(error.value)
     assert error.value.exit_code == 2
+
+
+@pytest.mark.parametrize("given, size", [("4096", 4096), ("512k", 512 * 1024), ("10m", 10 << 20),
+                                         ("1G", 1 << 30), ("64KB", 64 << 10), ("0", 0)])
+def test_body_sizes_read_as_nginx_writes_them(given, size):
+    assert parse_args(["--max-body-size", given]).max_body_size == size
 
 
 def test_environment_settings_for_gunicorn():
