@@ -134,7 +134,7 @@ class NmcProcess:
         return any(reader.is_alive() for reader in self._readers)
 
     def wait_serving(self, timeout: float = 60) -> None:
-        self.wait_for_line(r"serving on http://", timeout)
+        self.wait_for_line(r"serving on https?://", timeout)
 
     def signal(self, signum=signal.SIGTERM) -> None:
         if self.proc.poll() is None:

@@ -74,6 +74,9 @@ Options:
                              [default: 10000].
   --max-body-size SIZE       Largest request body, e.g. 10m, 512k (larger: 413); none by
                              default.
+  --certfile FILE            Serve HTTPS (TLS 1.2+) with this PEM certificate chain, on the
+                             public port and the admin port; read again on SIGHUP.
+  --keyfile FILE             The certificate's PEM private key.
   --balance POLICY           How a replica is chosen: roundrobin (each in turn, as the
                              original) or least-conn (the fewest requests in flight)
                              [default: roundrobin].

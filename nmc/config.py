@@ -46,6 +46,8 @@ class Config:
     idle_timeout: float = 60.0
     max_connections: int = 10000
     max_body_size: int = 0  # bytes a request body may have at most (413 past it); 0: no limit
+    certfile: str = ""      # TLS on the public (and admin) port, with keyfile
+    keyfile: str = ""
     balance: str = "roundrobin"  # or "least-conn"
     sticky: bool = False    # cookie-based affinity: a client keeps its replica while it is ready
     build: str = ""         # a folder to build the image from (then named build_image)
@@ -126,6 +128,9 @@ class Config:
             raise UsageError(f"--max-connections must be at least 1, not {self.max_connections}")
         if self.graceful_timeout < 0:
             raise UsageError("--graceful-timeout must not be negative")
+        if bool(self.certfile) != bool(self.keyfile):
+            raise UsageError("--certfile and --keyfile go together: TLS needs the certificate "
+                             "and its key")
         port = dict(self.env).get("PORT")
         if port is not None and port != str(self.container_port):
             raise UsageError(f"PORT={port} in the replicas' environment differs from "

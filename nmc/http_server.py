@@ -278,6 +278,12 @@ class ProxyServer(WSGIServer):
         self.draining = False
         self._idle = gevent.event.Event()
 
+    def wrap_socket_and_handle(self, client_socket, address):
+        # TLS: the handshake counts toward the request head's time, so that a client stalling
+        # it is cut as a slow head would be (the handler sets its own timeouts after it)
+        client_socket.settimeout(self.header_timeout)
+        return super().wrap_socket_and_handle(client_socket, address)
+
     def request_done(self) -> None:
         if self.draining and not any(c.in_flight for c in self.connections):
             self._idle.set()

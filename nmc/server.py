@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import signal
+import ssl
 import time
 from contextlib import nullcontext
 
@@ -17,6 +18,7 @@ import gevent
 import gevent.queue
 from gevent.pywsgi import WSGIServer
 
+from nmc import tls
 from nmc.build import build_app
 from nmc.cluster import Cluster, make_backend
 from nmc.config import Config
@@ -46,6 +48,7 @@ class NmcServer:
         self.supervisor: Supervisor | None = None
         self.http: WSGIServer | None = None
         self.admin: WSGIServer | None = None
+        self.tls: ssl.SSLContext | None = None  # --certfile
         self._replica_logs: gevent.Greenlet | None = None  # --logs
 
     def run(self, progress=None) -> int:
@@ -57,6 +60,9 @@ class NmcServer:
             gevent.signal_handler(signum, self.signals.put, signal.Signals(signum).name)
         gevent.signal_handler(signal.SIGHUP, self._on_sighup)
         access_log = open_access_log(self.config.access_log)
+        self.tls = tls.server_context(self.config.certfile, self.config.keyfile) \
+            if self.config.certfile else None
+        secure = {"ssl_context": self.tls} if self.tls else {}
         listener = bind_listener(self.config.bind, self.config.port)
         admin_listener = None
         try:
@@ -77,19 +83,20 @@ class NmcServer:
                                     max_connections=self.config.max_connections,
                                     header_timeout=self.config.header_timeout,
                                     idle_timeout=self.config.idle_timeout,
-                                    log=None, error_log=ErrorLog())
+                                    log=None, error_log=ErrorLog(), **secure)
             self.http.start()
             self.supervisor.watch()
             shown = "localhost" if self.config.bind in ("0.0.0.0", "::") else self.config.bind
-            log.info("serving on http://%s:%d (%d replicas, %s)", shown, self.config.port,
+            scheme = "https" if self.tls else "http"
+            log.info("serving on %s://%s:%d (%d replicas, %s)", scheme, shown, self.config.port,
                      self.config.replicas, f"tasks of swarm service {self.config.name}"
                      if self.config.swarm else f"ports {self.config.base_port}-"
                                                f"{self.config.replica_ports[-1]}")
             if admin_listener is not None:
                 self.admin = WSGIServer(admin_listener, cluster.admin_app(), log=None,
-                                        error_log=ErrorLog())
+                                        error_log=ErrorLog(), **secure)
                 self.admin.start()
-                log.info("admin interface on http://%s:%d (status, scale, rollout)",
+                log.info("admin interface on %s://%s:%d (status, scale, rollout)", scheme,
                          self.config.admin_bind, self.config.admin_port)
             if self.config.logs:
                 self._replica_logs = gevent.spawn(follow_live, engine, self.config.name, time.time())
@@ -142,7 +149,16 @@ class NmcServer:
                 return name
 
     def handle_sighup(self) -> None:
-        """A rollout of the image, rebuilt (e.g. by `make nodejs`), in the background."""
+        """The certificate read again (--certfile), and a rollout of the image, rebuilt (e.g.
+        by `make nodejs`), in the background."""
+        if self.tls is not None:
+            try:
+                tls.load(self.tls, self.config.certfile, self.config.keyfile)
+                log.info("SIGHUP: read the certificate again (%s): new connections get it",
+                         self.config.certfile)
+            except NmcError as e:
+                log.error("SIGHUP: %s; the certificate in use stays", e)
+
         def roll_out():
             try:
                 if self.config.build:  # --build: what changed is the folder

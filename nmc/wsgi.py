@@ -34,6 +34,8 @@ NOT_UNDER_GUNICORN = {
     "header_timeout": "gunicorn's --timeout and --limit-request-* govern reading requests",
     "idle_timeout": "gunicorn's --keep-alive closes idle connections",
     "max_connections": "gunicorn's --worker-connections caps each worker's connections",
+    "certfile": "gunicorn's own --certfile and --keyfile serve TLS",
+    "keyfile": "gunicorn's own --certfile and --keyfile serve TLS",
     "build": "build the image first (docker build, or ./nmc_server.py --build DIR once) and "
              "give NMC_IMAGE",
 }

@@ -290,6 +290,7 @@ def test_websocket_and_streaming_work_under_gunicorn(gunicorn):
     ({"NMC_PORT": "4000"}, (), "NMC_PORT (or create_app's port) does not apply under gunicorn: "
                                "gunicorn's -b sets the listener"),
     ({"NMC_BUILD": "nodejs"}, (), "NMC_BUILD (or create_app's build) does not apply"),
+    ({"NMC_CERTFILE": "site.pem"}, (), "gunicorn's own --certfile and --keyfile serve TLS"),
     ({}, ("-c", "/dev/null", "-k", "gevent"), "needs its gunicorn hooks: gunicorn -c "
                                               "python:nmc.gunicorn_conf"),
 ])

@@ -63,9 +63,12 @@ def read_head(sock: socket.socket, buf: bytes = b""):
 class WsClient(FrameReader):
     """One WebSocket connection through nmc; `extra` is sent in the same send() as the request."""
 
-    def __init__(self, port: int, extra: bytes = b"", timeout: float = 30):
+    def __init__(self, port: int, extra: bytes = b"", timeout: float = 30, tls=None):
+        """`tls`: an ssl.SSLContext for wss://."""
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if tls is not None:
+            self.sock = tls.wrap_socket(self.sock, server_hostname="localhost")
         request, key = handshake_request(port)
         self.sock.sendall(request + extra)
         self.status, self.headers, self.head, self.buf = read_head(self.sock)
