@@ -22,6 +22,7 @@ from typing import Callable, Protocol
 import requests
 
 from nmc import metrics
+from nmc.admin_auth import Guard
 from nmc.config import Config
 from nmc.counters import RelayCounters
 from nmc.errors import NmcError, UsageError
@@ -68,9 +69,11 @@ class AdminApp:
     this process's own by default (under gunicorn, every worker's: nmc.workers.SharedCounts)."""
 
     def __init__(self, config: Config, control: Control, started: float | None = None,
-                 counts: Callable[[Replica], RelayCounters] | None = None):
+                 counts: Callable[[Replica], RelayCounters] | None = None,
+                 guard: Guard | None = None):
         self.config = config
         self.control = control
+        self.guard = guard  # None: no token asked (tests of the routes alone)
         self.started = started or time.time()
         self.counts = counts or own_counts
         self._dashboard: bytes | None = None
@@ -82,6 +85,15 @@ class AdminApp:
             # port with its name in Host; nmc is only ever addressed by an IP or "localhost"
             return _json(start_response, 403, {"error": "the admin interface answers only to an "
                                                "IP address or localhost in Host"})
+        if self.guard is not None:
+            if (method, path) == ("GET", "/") and self.guard.from_query(environ):
+                # the dashboard's first visit: the token becomes a cookie, and leaves the URL
+                start_response("303 See Other", [("Location", "/"), self.guard.cookie_header(),
+                                                 ("Content-Length", "0"), ("Cache-Control", "no-store")])
+                return [b""]
+            if self.guard.refuses(environ):
+                return _json(start_response, 401, {"error": self.guard.refusal()},
+                             [("WWW-Authenticate", 'Bearer realm="nmc"')])
         routes = {
             ("GET", "/status"): self.status,
             ("POST", "/scale"): self.scale,
@@ -225,7 +237,7 @@ def _read_json(environ) -> dict:
 
 def _json(start_response, status: int, data: dict, headers=()) -> list[bytes]:
     body = json.dumps(data, indent=1).encode() + b"\n"
-    reason = {200: "OK", 400: "Bad Request", 403: "Forbidden", 404: "Not Found",
+    reason = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
               405: "Method Not Allowed", 409: "Conflict", 415: "Unsupported Media Type"}[status]
     start_response(f"{status} {reason}", [("Content-Type", "application/json"),
                                           ("Content-Length", str(len(body))),
@@ -239,11 +251,14 @@ class AdminUnreachable(NmcError):
     pass
 
 
-def call(admin_port: int, method: str, path: str, body: dict | None = None) -> dict:
+def call(admin_port: int, method: str, path: str, body: dict | None = None,
+         token: str | None = None) -> dict:
     """One request to a running nmc-server's admin port; NmcError (one line) on any failure."""
     url = f"http://127.0.0.1:{admin_port}{path}"
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
-        answer = requests.request(method, url, json=body, timeout=(3, CHANGE_TIMEOUT))
+        answer = requests.request(method, url, json=body, headers=headers,
+                                  timeout=(3, CHANGE_TIMEOUT))
     except requests.ConnectionError:
         raise AdminUnreachable(f"no nmc-server answers on admin port {admin_port} (is it "
                                "running? started with another --admin-port?)") from None

@@ -23,10 +23,11 @@ nmc-server: N replicas of a Node.js site in Docker, behind one port, relayed rou
 
 Usage:
   nmc-server [options] [--name NAME] [--image IMAGE] [--max-surge N] [--admin-port PORT]
-             [-e KEY=VALUE]... [--cap-add CAP]...
-  nmc-server status [--admin-port PORT]
-  nmc-server scale N [--admin-port PORT]
-  nmc-server rollout [--image IMAGE] [--max-surge N] [--admin-port PORT]
+             [--admin-token-file FILE] [-e KEY=VALUE]... [--cap-add CAP]...
+  nmc-server status [--admin-port PORT] [--name NAME] [--admin-token-file FILE]
+  nmc-server scale N [--admin-port PORT] [--name NAME] [--admin-token-file FILE]
+  nmc-server rollout [--image IMAGE] [--max-surge N] [--admin-port PORT] [--name NAME]
+                     [--admin-token-file FILE]
   nmc-server logs [-f] [--name NAME]
   nmc-server -h | --help
   nmc-server -v | --version
@@ -87,7 +88,11 @@ Options:
                              many old ones [default: 1].
   --admin-port PORT          Port of the admin interface (status, scale, rollout), which
                              the subcommands talk to; 0 turns it off [default: 3100].
-  --admin-bind ADDRESS       Address of the admin interface [default: 127.0.0.1].
+  --admin-bind ADDRESS       Address of the admin interface [default: 127.0.0.1]; off
+                             loopback, every request to it needs the admin token.
+  --admin-token-file FILE    The admin token, which every change (and off loopback, every
+                             request) needs; else one is made and kept, mode 0600, in the run
+                             directory, where the subcommands find it by --name.
   --keep                     Leave the replicas running on exit; the next start with the
                              same --name adopts them.
   --swarm                    Run the replicas as the tasks of one Docker Swarm service
@@ -146,17 +151,20 @@ def _admin_command(args: dict, argv: list[str]) -> int:
     """status, scale N, rollout: requests to the running cluster's admin port."""
     from nmc import admin
 
+    from nmc.admin_auth import client_token
+
     port = Config.from_strings({"admin_port": args["--admin-port"]}).admin_port
     if not port:
         raise UsageError("--admin-port 0: the subcommands need the admin port of the cluster")
     try:
+        token = client_token(args["--name"], args["--admin-token-file"] or "")
         if args["status"]:
-            print(admin.format_status(admin.call(port, "GET", "/status")))
+            print(admin.format_status(admin.call(port, "GET", "/status", token=token)))
         elif args["scale"]:
             count = args["N"]
             if not count.isdigit():
                 raise UsageError(f"scale N: N must be a whole number, not {count!r}")
-            print(admin.call(port, "POST", "/scale", {"replicas": int(count)})["message"])
+            print(admin.call(port, "POST", "/scale", {"replicas": int(count)}, token)["message"])
         else:
             # without --image: the image the cluster runs now, rebuilt (docopt would say nodejs.org)
             given = any(arg == "--image" or arg.startswith("--image=") for arg in argv)
@@ -164,7 +172,7 @@ def _admin_command(args: dict, argv: list[str]) -> int:
             body = {"max_surge": Config.from_strings({"max_surge": args["--max-surge"]}).max_surge}
             if image:
                 body["image"] = image
-            print(admin.call(port, "POST", "/rollout", body)["message"])
+            print(admin.call(port, "POST", "/rollout", body, token)["message"])
     except NmcError as e:
         return _fail(e)
     return 0

@@ -8,8 +8,10 @@ follow it (nmc.workers) and tell the cluster so with `follow`.
 
 from __future__ import annotations
 
+import logging
 from typing import Protocol
 
+from nmc import admin_auth
 from nmc.admin import AdminApp
 from nmc.backend import Backend
 from nmc.config import Config
@@ -18,6 +20,8 @@ from nmc.pool import Pool
 from nmc.proxy import Proxy
 from nmc.replica import Replica
 from nmc.supervisor import Supervisor
+
+log = logging.getLogger(__name__)
 
 
 def make_backend(engine: Engine, config: Config) -> Backend:
@@ -63,4 +67,12 @@ class Cluster:
             self._reports.report_failure(replica, reason)
 
     def admin_app(self, started: float | None = None, counts=None) -> AdminApp:
-        return AdminApp(self.config, self.supervisor, started, counts)
+        """The admin interface, guarded by the cluster's token (nmc.admin_auth), whose URL for
+        the dashboard is logged once here."""
+        config = self.config
+        token, where = admin_auth.server_token(config.name, config.admin_token_file)
+        scheme = "https" if config.certfile else "http"
+        log.info("admin token in %s; the dashboard with it: %s://%s:%d/?token=%s", where, scheme,
+                 config.admin_bind, config.admin_port, token)
+        return AdminApp(config, self.supervisor, started, counts,
+                        admin_auth.Guard(token, config.admin_bind, where))

@@ -54,6 +54,7 @@ class Config:
     max_surge: int = 1
     admin_port: int = 3100  # 0: no admin interface
     admin_bind: str = "127.0.0.1"
+    admin_token_file: str = ""  # the admin token's file (else one made in the run directory)
     served_by: bool = True
     quiet: bool = False
     logs: bool = False      # also print the replicas' own output

@@ -18,7 +18,7 @@ import gevent
 import gevent.queue
 from gevent.pywsgi import WSGIServer
 
-from nmc import tls
+from nmc import admin_auth, tls
 from nmc.build import build_app
 from nmc.cluster import Cluster, make_backend
 from nmc.config import Config
@@ -113,6 +113,8 @@ class NmcServer:
                 admin_listener.close()
             if self.supervisor is not None and not self.supervisor.stopping:
                 self.supervisor.stop(remove=not self.config.keep, stop_timeout=FORCED_STOP_TIMEOUT)
+            if not self.config.keep:
+                admin_auth.forget_token(self.config.name, self.config.admin_token_file)
 
     def _start_cluster(self) -> None:
         """Start the replicas; Interrupted when a signal cuts the start short (they are removed)."""

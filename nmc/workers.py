@@ -38,6 +38,7 @@ from pathlib import Path
 import gevent
 from gevent.pywsgi import WSGIServer
 
+from nmc import admin_auth
 from nmc.backend import Address, Instance
 from nmc.cluster import Cluster, make_backend
 from nmc.config import Config
@@ -388,6 +389,8 @@ class Worker:
         self.supervisor.stop(remove=not keep, stop_timeout=5)
         self.state_file.path.unlink(missing_ok=True)  # the lock file stays: see Lease
         self.counts.remove_all()
+        if not keep:
+            admin_auth.forget_token(self.config.name, self.config.admin_token_file)
         self.lease.release()
         log.info("stopped%s", " (replicas left running: --keep)" if keep else "")
 

@@ -18,6 +18,7 @@ from harness import ROOT  # noqa: F401 (the tests import it from here)
 from harness.load import GetLoad
 from harness.ports import free_port_block
 from harness.processes import NmcProcess
+from nmc.admin_auth import token_path
 from nmc.containers import LABEL_CLUSTER
 
 IMAGE = os.environ.get("NMC_TEST_IMAGE", "nodejs.org")
@@ -58,6 +59,15 @@ def cluster_name(docker_client, request, scratch_images):
     # a create cut short by a killed process can still land a moment later: look once more
     time.sleep(0.5)
     remove_cluster(docker_client, name)
+    token_path(name).unlink(missing_ok=True)  # (nmc removes it itself, unless it was killed)
+
+
+def admin_auth(cluster_name: str, run_dir: Path | None = None) -> dict[str, str]:
+    """The Authorization header with the cluster's admin token (nmc makes it in the run
+    directory, the default one or `run_dir`, as its admin interface starts)."""
+    where = run_dir / token_path(cluster_name).name if run_dir else token_path(cluster_name)
+    path = wait_until(lambda: where.exists() and where, 20, what=f"the admin token of {cluster_name}")
+    return {"Authorization": "Bearer " + path.read_text().strip()}
 
 
 def remove_cluster(client, name: str) -> None:

@@ -4,6 +4,7 @@ the zero-downtime changes themselves, under load, against real containers."""
 from __future__ import annotations
 
 import signal
+import stat
 import subprocess
 import sys
 import threading
@@ -12,7 +13,8 @@ import time
 import pytest
 import requests
 
-from conftest import IMAGE, ROOT, Load, build_on_site_image, free_port_block
+from conftest import IMAGE, ROOT, Load, admin_auth, build_on_site_image, free_port_block
+from nmc.admin_auth import token_path
 
 
 def nmc_command(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -31,12 +33,18 @@ class AdminCluster:
                                "--check-interval", "1", "--admin-port", str(self.admin_port),
                                "-q", *extra)
         self.process.wait_serving()
+        self.name = cluster_name
+        given = list(extra[extra.index("--admin-token-file") + 1:])[:1] \
+            if "--admin-token-file" in extra else None
+        # the header with the cluster's admin token: the given file's, or the one nmc made
+        self.auth = {"Authorization": "Bearer " + open(given[0]).read().strip()} if given \
+            else admin_auth(cluster_name)
 
     def status(self) -> dict:
         return requests.get(self.admin + "/status", timeout=10).json()
 
     def command(self, *args: str) -> subprocess.CompletedProcess:
-        return nmc_command(*args, "--admin-port", str(self.admin_port))
+        return nmc_command(*args, "--admin-port", str(self.admin_port), "--name", self.name)
 
 
 @pytest.fixture
@@ -111,6 +119,50 @@ def test_the_admin_interface_answers_only_to_an_ip_or_localhost(admin_cluster):
     assert len(cluster.status()["replicas"]) == 2  # nothing was scaled
 
 
+def test_changes_need_the_admin_token_and_the_dashboard_gets_it_as_a_cookie(admin_cluster,
+                                                                            cluster_name):
+    cluster = admin_cluster()
+    path = token_path(cluster_name)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    token = path.read_text().strip()
+    assert f"/?token={token}" in cluster.process.log  # the dashboard's URL, printed at start
+    refused = requests.post(cluster.admin + "/scale", json={"replicas": 3}, timeout=5)
+    assert refused.status_code == 401 and str(path) in refused.json()["error"]
+    assert refused.headers["WWW-Authenticate"].startswith("Bearer")
+    wrong = requests.post(cluster.admin + "/scale", json={"replicas": 3}, timeout=5,
+                          headers={"Authorization": "Bearer " + token[:-1] + "x"})
+    assert wrong.status_code == 401
+    assert requests.get(cluster.admin + "/status", timeout=5).status_code == 200  # reads: free
+    first_visit = requests.get(cluster.admin + f"/?token={token}", timeout=5, allow_redirects=False)
+    assert first_visit.status_code == 303 and first_visit.headers["Location"] == "/"
+    cookie = first_visit.headers["Set-Cookie"]
+    assert "HttpOnly" in cookie and "SameSite=Strict" in cookie
+    browser = requests.Session()
+    browser.get(cluster.admin + f"/?token={token}", timeout=5)  # as the dashboard's first visit
+    answer = browser.post(cluster.admin + "/scale", json={"replicas": 3}, timeout=120)
+    assert answer.status_code == 200, answer.text  # with the cookie alone
+    result = cluster.command("scale", "2")  # the subcommand finds the token by --name
+    assert result.returncode == 0, result.stderr
+    assert len(cluster.status()["replicas"]) == 2
+    cluster.process.stop()
+    assert not path.exists()  # made for this run, gone with its replicas
+
+
+def test_off_loopback_reads_need_the_token_too(admin_cluster, cluster_name, tmp_path):
+    given = tmp_path / "token"
+    given.write_text("a-token-of-the-test-s-own\n")
+    cluster = admin_cluster("--admin-bind", "0.0.0.0", "--admin-token-file", str(given))
+    refused = requests.get(cluster.admin + "/status", timeout=5)
+    assert refused.status_code == 401 and "every admin request" in refused.json()["error"]
+    answer = requests.get(cluster.admin + "/status", timeout=5,
+                          headers={"Authorization": "Bearer a-token-of-the-test-s-own"})
+    assert answer.status_code == 200
+    result = nmc_command("status", "--admin-port", str(cluster.admin_port), "--admin-token-file",
+                         str(given), timeout=30)
+    assert result.returncode == 0 and cluster_name in result.stdout, result.stderr
+    assert not token_path(cluster_name).exists()  # the given file is the token: none was made
+
+
 def test_subcommands_without_a_cluster_say_so_in_one_line():
     port = free_port_block(1)
     for args in (["status"], ["scale", "3"], ["rollout"]):
@@ -126,10 +178,11 @@ def test_bad_scale_requests_are_refused_in_one_line(admin_cluster):
         result = cluster.command(*args)
         assert result.returncode in (1, 2), result
         assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
-    answer = requests.post(cluster.admin + "/scale", data=b"{not json", timeout=5)
+    answer = requests.post(cluster.admin + "/scale", data=b"{not json", timeout=5,
+                           headers=cluster.auth)
     assert answer.status_code == 415 and "JSON" in answer.json()["error"]  # no JSON content type
     answer = requests.post(cluster.admin + "/scale", data=b"{not json", timeout=5,
-                           headers={"Content-Type": "application/json"})
+                           headers={"Content-Type": "application/json", **cluster.auth})
     assert answer.status_code == 400 and "JSON" in answer.json()["error"]
     assert requests.get(cluster.admin + "/scale", timeout=5).status_code == 405
 

@@ -125,10 +125,14 @@ def test_the_dashboard_shows_the_replicas_and_scales_up(chrome, browser, run_nmc
     references = re.findall(r"""(?:src|href)\s*=\s*["']([^"']*)["']""", answer.text)
     assert references and all(not re.match(r"^[a-z]+:|//", ref) or ref.startswith("data:")
                               for ref in references), references
-    assert requests.post(cluster.admin + "/", timeout=10).status_code == 405
+    assert requests.post(cluster.admin + "/", timeout=10, headers=cluster.auth).status_code == 405
 
-    # rows appear and match GET /status: names, states, ports, containers
-    chrome.get(cluster.admin + "/")
+    # rows appear and match GET /status: names, states, ports, containers; opened from the URL
+    # with the admin token, as nmc printed it, so that its buttons may change the cluster
+    token = cluster.auth["Authorization"].split()[1]
+    assert f"{cluster.admin}/?token={token}" in cluster.process.log
+    chrome.get(f"{cluster.admin}/?token={token}")
+    assert chrome.current_url == cluster.admin + "/"  # the token left the URL for a cookie
     wait = WebDriverWait(chrome, 20, poll_frequency=0.2)
     wait.until(lambda d: len(page_rows(d)) == 2 and all(r["state"] == "ready" for r in page_rows(d)))
     wait.until(lambda d: page_rows(d) == status_rows(cluster.status()))
@@ -185,7 +189,7 @@ def test_the_dashboard_shows_the_replicas_and_scales_up(chrome, browser, run_nmc
 
     # what a cross-site form could send (valid JSON, as text/plain) changes nothing
     refused = requests.post(cluster.admin + "/scale", data='{"replicas": 1}', timeout=10,
-                            headers={"Content-Type": "text/plain"})
+                            headers={"Content-Type": "text/plain", **cluster.auth})
     assert refused.status_code == 415 and "application/json" in refused.json()["error"]
     assert len(cluster.status()["replicas"]) == 3
 

@@ -19,7 +19,7 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import ROOT, free_port_block, wait_until
+from conftest import ROOT, admin_auth, free_port_block, wait_until
 from test_gunicorn import Gunicorn, assert_no_traceback
 
 SENT = 60
@@ -94,31 +94,36 @@ def test_status_and_metrics_count_the_requests_of_every_worker(with_admin, clust
     assert_no_traceback(server)
 
 
-def test_scale_and_rollout_through_the_admin_port(with_admin, cluster_name):
+def test_scale_and_rollout_through_the_admin_port(with_admin, cluster_name, tmp_path):
     server, admin, _port = with_admin(replica_room=3)
-    answer = requests.post(admin + "/scale", json={"replicas": 3}, timeout=120)
+    answer = requests.post(admin + "/scale", json={"replicas": 3}, timeout=120,
+                           headers=admin_auth(cluster_name, tmp_path))
     assert answer.status_code == 200, answer.text
     assert answer.json()["message"].startswith("scaled from 2 to 3 replicas")
     # every worker relays to the new replica once the leader has said so
     wait_until(lambda: {requests.get(server.url + "/whoami", headers={"Connection": "close"},
                                      timeout=10).headers["X-Served-By"] for _ in range(12)}
                == {r["name"] for r in status(admin)["replicas"]}, 15, what="all three in use")
-    answer = requests.post(admin + "/rollout", json={}, timeout=120)
+    answer = requests.post(admin + "/rollout", json={}, timeout=120,
+                           headers=admin_auth(cluster_name, tmp_path))
     assert answer.status_code == 200, answer.text
     assert answer.json()["message"].startswith("nothing to roll out: every replica runs")
-    answer = requests.post(admin + "/scale", json={"replicas": 2}, timeout=120)
+    answer = requests.post(admin + "/scale", json={"replicas": 2}, timeout=120,
+                           headers=admin_auth(cluster_name, tmp_path))
     assert answer.status_code == 200 and len(status(admin)["replicas"]) == 2
     assert_no_traceback(server)
 
 
-def test_the_admin_port_keeps_its_guards_under_gunicorn(with_admin):
-    """As tests/test_admin.py checks them: the Host check against DNS rebinding, JSON-only
-    POSTs, and the public port never answering admin paths."""
+def test_the_admin_port_keeps_its_guards_under_gunicorn(with_admin, cluster_name, tmp_path):
+    """As tests/test_admin.py checks them: the Host check against DNS rebinding, the token for
+    a change, JSON-only POSTs, and the public port never answering admin paths."""
     server, admin, port = with_admin()
     assert requests.get(admin + "/status", headers={"Host": "evil.example"}, timeout=5).status_code == 403
     assert requests.post(admin + "/scale", json={"replicas": 3}, headers={"Host": "evil.example"},
                          timeout=5).status_code == 403
-    answer = requests.post(admin + "/scale", data=b"{not json", timeout=5)
+    assert requests.post(admin + "/scale", json={"replicas": 3}, timeout=5).status_code == 401
+    answer = requests.post(admin + "/scale", data=b"{not json", timeout=5,
+                           headers=admin_auth(cluster_name, tmp_path))
     assert answer.status_code == 415 and "JSON" in answer.json()["error"]
     assert requests.get(admin + "/scale", timeout=5).status_code == 405
     answer = requests.get(server.url + "/status", timeout=5)

@@ -18,7 +18,7 @@ import time
 import pytest
 import requests
 
-from conftest import ROOT, Load, NmcProcess, free_port_block, get, wait_until
+from conftest import ROOT, Load, NmcProcess, admin_auth, free_port_block, get, wait_until
 
 
 def swarm_state(docker_client) -> str:
@@ -46,8 +46,10 @@ def service_removed(docker_client, cluster_name):
     subprocess.run(["docker", "service", "rm", cluster_name], capture_output=True)
 
 
-def admin(port: int, method: str, path: str, body: dict | None = None) -> dict:
-    answer = requests.request(method, f"http://127.0.0.1:{port}{path}", json=body, timeout=120)
+def admin(port: int, method: str, path: str, body: dict | None = None,
+          headers: dict | None = None) -> dict:
+    answer = requests.request(method, f"http://127.0.0.1:{port}{path}", json=body, timeout=120,
+                              headers=headers)
     assert answer.status_code == 200, answer.text
     return answer.json()
 
@@ -112,9 +114,10 @@ def test_swarm_tasks_serve_and_kills_and_scaling_fail_no_request(
         kill_a_task(docker_client, cluster_name, process)
         wait_until(lambda: admin(admin_port, "GET", "/status")["totals"]["restarts"] == 1, 30,
                    what="Swarm's replacement counted as a restart")
-        assert admin(admin_port, "POST", "/scale", {"replicas": 3})["message"] == \
+        auth = admin_auth(cluster_name)
+        assert admin(admin_port, "POST", "/scale", {"replicas": 3}, auth)["message"] == \
             f"scaled from 2 to 3 replicas: started {cluster_name}.3"
-        message = admin(admin_port, "POST", "/scale", {"replicas": 1})["message"]
+        message = admin(admin_port, "POST", "/scale", {"replicas": 1}, auth)["message"]
         assert message.startswith("scaled from 3 to 1 replicas: removed ")
         status = admin(admin_port, "GET", "/status")
         assert [r["state"] for r in status["replicas"]] == ["ready"]
@@ -167,10 +170,11 @@ def test_swarm_rollout_and_the_automatic_rollback_of_an_image_that_never_answers
     process.wait_serving(120)
     load = Load(url, clients=4, limit=150)
     try:
-        message = admin(admin_port, "POST", "/rollout", {"image": good})["message"]
+        auth = admin_auth(cluster_name)
+        message = admin(admin_port, "POST", "/rollout", {"image": good}, auth)["message"]
         assert message.startswith(f"rolled out {good} ({good_id.split(':')[1][:12]}) to 2 replicas")
         answer = requests.post(f"http://127.0.0.1:{admin_port}/rollout", json={"image": bad},
-                               timeout=300)
+                               headers=auth, timeout=300)
         assert answer.status_code == 409, answer.text
         assert "Swarm rolled the service back" in answer.json()["error"]
         status = admin(admin_port, "GET", "/status")

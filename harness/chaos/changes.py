@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 import docker
 import requests
 
+from nmc.admin_auth import token_path
+
 from harness.chaos.common import (ADMIN_CONNECT, LABEL_CHAOS, SITE_IMAGE, SWARM_CONVERGE_LIMIT,
                                   SWARM_GONE_POLL, failure_kind, short_id)
 from harness.cleanup import cluster_containers, container_name
@@ -89,6 +91,11 @@ class Changes:
         self.client, self.cluster, self.admin_url, self.image_ids = client, cluster, admin_url, image_ids
         self.session = requests.Session()
         self.session.trust_env = False
+        # nmc makes the cluster's admin token in the run directory as its admin interface starts
+        deadline = time.monotonic() + 10
+        while not token_path(cluster).exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.session.headers["Authorization"] = "Bearer " + token_path(cluster).read_text().strip()
 
     def replicas(self) -> list[tuple[str, str, str]]:
         """(name, container id, image id) of the cluster's running containers, by name."""
