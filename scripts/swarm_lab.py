@@ -25,6 +25,7 @@ unshare), iptables, dockerd and the docker CLI. Exit code: 0 done (demo: every c
 from __future__ import annotations
 
 import argparse
+import errno
 import hashlib
 import ipaddress
 import json
@@ -60,6 +61,7 @@ NODE_BIP = "10.213.{}.1/24"              # node N's docker0: 10.213.101.1/24, .1
 NODE_POOL = "10.213.{}.0/20"             # node N's local networks (docker_gwbridge): .128, .144, .160
 OVERLAY_POOL = "10.213.192.0/20"         # the swarm's overlay networks (ingress), instead of 10.0.0.0/8
 SWARM_PORT = 2377
+CGROUP_EMPTY_WAIT = 10  # seconds a killed node's cgroups get to empty before down gives up on them
 FORWARD_CHAINS = ("DOCKER-USER", "FORWARD")   # the rule goes in the first one that exists
 FORWARD_RULE = ("-i", BRIDGE, "-o", BRIDGE, "-m", "comment", "--comment", "nmc-swarm-lab",
                 "-j", "ACCEPT")
@@ -255,6 +257,21 @@ def node_cgroup_dirs(n: int) -> list[Path]:
             if base.is_dir():
                 found += [p for p in base.rglob("*") if p.is_dir()] + [base]
     return sorted(found, key=lambda p: len(p.parts), reverse=True)
+
+
+def remove_cgroup(folder: Path, wait: float = CGROUP_EMPTY_WAIT) -> None:
+    """rmdir, again while the kernel still calls it busy: the processes killed a moment ago
+    (a killed node's containers) leave it only once they have exited, which on a loaded machine
+    takes a while."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            folder.rmdir()
+            return
+        except OSError as e:
+            if e.errno != errno.EBUSY or time.monotonic() >= deadline:
+                raise
+        time.sleep(0.1)
 
 
 def signal_all(pids: list[int], signum: int) -> None:
@@ -826,7 +843,7 @@ def down(_args) -> int:
     step("unmounting", lambda: done.extend(unmount_lab()))
     for n in NODES:
         for folder in node_cgroup_dirs(n):
-            step(f"removing cgroup {folder}", lambda folder=folder: folder.rmdir())
+            step(f"removing cgroup {folder}", lambda folder=folder: remove_cgroup(folder))
     for sock in shim_sockets:
         step(f"removing {sock}", lambda sock=sock: sock.unlink(missing_ok=True))
     # the host ends of the veths first (each takes its pair along), then the bridge, then the
