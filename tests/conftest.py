@@ -59,7 +59,6 @@ def cluster_name(docker_client, request, scratch_images):
     # a create cut short by a killed process can still land a moment later: look once more
     time.sleep(0.5)
     remove_cluster(docker_client, name)
-    token_path(name).unlink(missing_ok=True)  # (nmc removes it itself, unless it was killed)
 
 
 def admin_auth(cluster_name: str, run_dir: Path | None = None) -> dict[str, str]:
@@ -71,7 +70,8 @@ def admin_auth(cluster_name: str, run_dir: Path | None = None) -> dict[str, str]
 
 
 def remove_cluster(client, name: str) -> None:
-    """Every container of the test's cluster, and those the test labelled nmct.owner=NAME."""
+    """Every container of the test's cluster, and those the test labelled nmct.owner=NAME (and
+    the admin token nmc made for it)."""
     harness.cleanup.remove_cluster(client, name, labels=(LABEL_CLUSTER, "nmct.owner"))
 
 
