@@ -225,13 +225,18 @@ def test_a_worker_restarted_by_max_requests_hands_over_and_no_request_fails(
         gunicorn, docker_client, cluster_name):
     """gunicorn ends a worker after --max-requests; the supervising one hands over (it is no
     shutdown: the master did not stop), and the replicas run on, never restarted."""
-    server = gunicorn(workers=2, args=("--max-requests", "40"))
+    server = gunicorn(workers=2, args=("--max-requests", "20"))
     server.wait_ready()
     before = container_ids(docker_client, cluster_name)
-    statuses = [requests.get(server.url + "/whoami", headers={"Connection": "close"},
-                             timeout=10).status_code for _ in range(200)]
-    assert statuses == [200] * 200
-    wait_until(lambda: len(server.leaders()) >= 2, 15, what="supervision handed over")
+    statuses = []
+    # which worker accepts a connection is the kernel's choice: send until the supervising one
+    # has served its 20 and handed over (bounded in count and time)
+    deadline = time.monotonic() + 60
+    while len(server.leaders()) < 2 and len(statuses) < 2000 and time.monotonic() < deadline:
+        statuses.append(requests.get(server.url + "/whoami", headers={"Connection": "close"},
+                                     timeout=10).status_code)
+    assert len(server.leaders()) >= 2, f"no hand-over after {len(statuses)} requests"
+    assert statuses == [200] * len(statuses)
     assert container_ids(docker_client, cluster_name) == before
     assert "handed over to the next worker" in server.process.log
     assert_no_traceback(server)
