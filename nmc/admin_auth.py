@@ -65,9 +65,9 @@ def _read(path: Path) -> str:
     try:
         token = path.read_text().strip()
     except OSError as e:
-        raise UsageError(f"--admin-token-file {path}: {e.strerror}") from None
+        raise UsageError(f"admin token file {path}: {e.strerror}") from None
     if not token:
-        raise UsageError(f"--admin-token-file {path}: the file is empty")
+        raise UsageError(f"admin token file {path}: the file is empty")
     return token
 
 

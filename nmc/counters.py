@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import bisect
+import dataclasses
 from dataclasses import dataclass, field
 
 # Upper bounds (seconds) of the request latency histogram's buckets (Prometheus' defaults).
@@ -43,21 +44,21 @@ class RelayCounters:
 
     def as_dict(self) -> dict:
         """Plain JSON-able numbers (another worker process's counts travel this way)."""
-        return {"in_flight": self.in_flight, "requests": self.requests, "errors": self.errors,
-                "connect_errors": self.connect_errors, "bytes_in": self.bytes_in,
-                "bytes_out": self.bytes_out, "by_class": dict(self.by_class),
-                "latency_counts": list(self.latency_counts), "latency_sum": self.latency_sum}
+        return dataclasses.asdict(self)
 
     def add(self, other: "RelayCounters | dict") -> None:
         """Add `other`'s counts (a RelayCounters, or one's as_dict) to these."""
         numbers = other.as_dict() if isinstance(other, RelayCounters) else other
-        for name in ("in_flight", "requests", "errors", "connect_errors", "bytes_in", "bytes_out",
-                     "latency_sum"):
-            setattr(self, name, getattr(self, name) + numbers.get(name, 0))
-        for code, count in numbers.get("by_class", {}).items():
-            self.by_class[code] = self.by_class.get(code, 0) + count
-        for bucket, count in enumerate(numbers.get("latency_counts", ())[:len(self.latency_counts)]):
-            self.latency_counts[bucket] += count
+        for name, mine in self.as_dict().items():
+            theirs = numbers.get(name)
+            if isinstance(mine, dict):
+                for code, count in (theirs or {}).items():
+                    self.by_class[code] = self.by_class.get(code, 0) + count
+            elif isinstance(mine, list):
+                for bucket, count in enumerate((theirs or ())[:len(mine)]):
+                    self.latency_counts[bucket] += count
+            else:
+                setattr(self, name, mine + (theirs or 0))
 
 
 def summed(*counts: "RelayCounters | dict") -> RelayCounters:

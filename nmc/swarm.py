@@ -40,6 +40,11 @@ TAIL_WAIT = 5       # seconds the last lines of a task may take to come (its nod
 STOPPED_STATES = {"complete", "failed", "shutdown", "rejected", "orphaned", "remove"}
 
 
+def swarm_state(engine: Engine) -> dict:
+    """The engine's word on its swarm: LocalNodeState, ControlAvailable (a manager), NodeID."""
+    return engine.client.info().get("Swarm") or {}
+
+
 class NotAManager(EngineError):
     """--swarm on an engine that is not a swarm manager."""
 
@@ -72,7 +77,7 @@ class SwarmBackend:
 
     @engine_call("ask whether it is a swarm manager")
     def _require_manager(self) -> None:
-        swarm = self.engine.client.info().get("Swarm") or {}
+        swarm = swarm_state(self.engine)
         if not swarm.get("ControlAvailable"):
             raise NotAManager(
                 "--swarm: this Docker engine is not a swarm manager (its swarm state is "
@@ -102,7 +107,7 @@ class SwarmBackend:
         that the swarm's other nodes need it, or Swarm fails their tasks ('No such image')."""
         if self.engine.client.images.get(image).attrs.get("RepoDigests"):
             return  # from a registry: every node can pull it
-        here = self.engine.client.info()["Swarm"].get("NodeID")
+        here = swarm_state(self.engine).get("NodeID")
         others = [node for node in self.api.nodes() if node["ID"] != here
                   and node["Status"]["State"] == "ready" and node["Spec"].get("Availability") == "active"]
         if others:
@@ -406,7 +411,7 @@ class ServiceLogs:
         """The logs of cluster's swarm service, if the engine is a manager and has it."""
         api = engine.client.api
         try:
-            if not (engine.client.info().get("Swarm") or {}).get("ControlAvailable"):
+            if not swarm_state(engine).get("ControlAvailable"):
                 return None
             service = api.inspect_service(cluster)
         except docker.errors.DockerException:
