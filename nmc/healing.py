@@ -11,6 +11,8 @@ from __future__ import annotations
 import logging
 import time
 
+import gevent
+
 from nmc.backend import EngineError, EngineUnreachable, Event, Happening
 from nmc.errors import NmcError
 from nmc.health import Thresholds, Verdict
@@ -24,6 +26,7 @@ BACKOFF_FIRST = 1.0     # seconds before the second try at replacing a replica .
 BACKOFF_MAX = 60.0      # ... doubling up to this
 QUICK_CRASH = 10.0      # seconds: a replica that fails sooner after joining is in a crash loop
 ENGINE_RETRY_MAX = 5.0  # seconds between tries to reach a lost engine (its restarts are short)
+ENGINE_AWAY_PROBE = 0.25  # seconds between checks of the replicas out of the rotation meanwhile
 # The states in which a replica is watched: in the rotation, or out of it and not yet replaced.
 WATCHED = (State.READY, State.DOWN)
 BEING_REPLACED = (State.REPLACING, State.BACKOFF, State.STARTING)
@@ -72,16 +75,32 @@ class Healing:
             self._event_stream.close()
 
     def lost_engine(self, error: Exception) -> None:
+        """The engine went away (a restart, most often): said once. With live-restore its
+        containers live on, but their port proxies go and come back with it: meanwhile requests
+        wait longer for a replica (Pool.engine_lost_at), the replicas out of the rotation are
+        probed every ENGINE_AWAY_PROBE seconds to bring them back as soon as they answer, and
+        none is replaced for not answering (the engine is asked once it is back)."""
         if not self.engine_lost:
             self.engine_lost = True
+            self.pool.engine_lost_at = time.monotonic()
             log.warning("%s; relaying to the replicas that still answer; reconnecting", error)
+            self.lifecycle.tasks.spawn(self._probe_while_away)
 
     def engine_back(self) -> None:
         """The engine answered again after lost_engine: say so once, and look at every replica."""
         if self.engine_lost:
             self.engine_lost = False
+            self.pool.engine_lost_at = None
             log.info("the %s is back: checking every replica", self.backend.engine_name)
             self.check_all()
+
+    def _probe_while_away(self) -> None:
+        checking: dict[Replica, gevent.Greenlet] = {}  # one check of each at a time (one may hang)
+        while self.engine_lost and not self.lifecycle.stopped.wait(ENGINE_AWAY_PROBE):
+            for replica in self.pool:
+                check = checking.get(replica)
+                if replica.state is State.DOWN and (check is None or check.ready()):
+                    checking[replica] = self.lifecycle.tasks.spawn(self.check, replica)
 
     def on_event(self, event: Event) -> None:
         replica = next((r for r in self.pool if r.instance_id == event.instance_id), None)
@@ -148,7 +167,7 @@ class Healing:
         elif verdict is Verdict.IN:
             replica.change_state(State.READY, f"{result.reason}; {replica.health.passes} passed "
                                               "checks in a row")
-        elif verdict is Verdict.REPLACE:
+        elif verdict is Verdict.REPLACE and not self.engine_lost:
             self.replace(replica, f"out of the rotation for {out_for:.0f}s ({result.reason})")
 
     def _problem(self, replica: Replica) -> str | None:

@@ -14,6 +14,10 @@ class Pool:
     def __init__(self, replicas: list[Replica] | None = None):
         self.replicas = list(replicas or ())
         self._cursor = 0
+        # When the engine went away (time.monotonic()), None while it answers. Its restart takes
+        # the replicas' port proxies with it for a few seconds (the replicas live on with
+        # live-restore): requests then wait longer for a replica (nmc.proxy).
+        self.engine_lost_at: float | None = None
 
     def __iter__(self):
         return iter(list(self.replicas))  # a snapshot: scaling may change the list meanwhile

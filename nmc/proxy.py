@@ -39,6 +39,8 @@ SET_BY_RELAY = frozenset(("x-forwarded-for", "x-forwarded-proto", "x-forwarded-h
 CONNECT_TIMEOUT = 2.0     # a replica on loopback accepts at once or not at all
 RETRY_AFTER = "1"         # seconds, in 503 answers
 QUEUE_POLL = 0.05         # seconds between looks for a ready replica while a request waits
+ENGINE_AWAY_HOLD = 10.0   # seconds after the engine went away that requests wait for a replica
+                          # (its restart: the port proxies are back within a few seconds)
 # Requests that may be sent again to another replica when the first broke mid-way (RFC 9110 9.2.2).
 IDEMPOTENT = frozenset(("GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"))
 # A POST or PATCH with an Idempotency-Key header (the IETF httpapi draft) may be sent again too:
@@ -119,7 +121,7 @@ class Proxy:
             body = _request_body(environ, self.max_body_size)
         except ClientBodyError as e:
             return _bad_body(environ, start_response, e, request.id)
-        tried: dict[Replica, str | None] = {}  # replica -> the instance it had when tried
+        tried: dict[Replica, tuple] = {}  # replica -> (its instance, when it joined) when tried
         preferred = _sticky_replica(environ) if self.sticky else None
         while True:
             replica = self._choose(tried, preferred)
@@ -128,7 +130,7 @@ class Proxy:
                 self._log_access(environ, 503, request.id, None, request.arrived)
                 return error_answer(start_response, 503, what, request.id,
                                     [("Retry-After", RETRY_AFTER)])
-            tried[replica] = replica.instance_id
+            tried[replica] = (replica.instance_id, replica.ready_at)
             if self.log_requests:
                 log.info("Forwarding request to port: %d", replica.port)
             extra = self._answer_headers(replica, request.id, preferred)
@@ -138,19 +140,24 @@ class Proxy:
                 return result
 
     def _choose(self, tried: dict, preferred: str | None) -> Replica | None:
-        """The next replica to try: one tried already is skipped while it is the same instance,
-        not once replaced. None ready (all being replaced at once?): wait a little, like
-        HAProxy's `timeout queue` (nothing has been sent, so this is safe for any request);
-        None when none became ready."""
+        """The next replica to try: one tried already is skipped while it is the same instance
+        and has not come back into the rotation since (once replaced, or back after a restart
+        of the engine's port proxies, it may take the request).
+
+        None ready (all being replaced at once?): wait a little, like HAProxy's `timeout queue`
+        (nothing has been sent, so this is safe for any request), and while the engine is away
+        (a restart), until ENGINE_AWAY_HOLD after it went; None when none became ready."""
         queued_until = None
         while True:
-            skip = tuple(r for r, instance in tried.items() if r.instance_id == instance)
+            skip = tuple(r for r, then in tried.items() if (r.instance_id, r.ready_at) == then)
             replica = self.pool.choose(skip, self.balance, preferred)
             if replica is not None:
                 return replica
             now = time.monotonic()
             queued_until = queued_until or now + self.queue_timeout
-            if now >= queued_until:
+            engine_lost_at = self.pool.engine_lost_at
+            if now >= queued_until and (engine_lost_at is None
+                                        or now >= engine_lost_at + ENGINE_AWAY_HOLD):
                 return None
             gevent.sleep(QUEUE_POLL)
 

@@ -130,18 +130,21 @@ class StateFile:
         self._seen: tuple[int, int] | None = None  # (mtime_ns, size) last read
 
     @staticmethod
-    def snapshot(pool: Pool) -> list[dict]:
-        return [{"name": r.name, "slot": r.slot, "state": r.state.value,
-                 "instance": r.instance_id,
-                 "image_id": r.instance.image_id if r.instance else None,
-                 "address": [r.address.host, r.address.port] if r.address else None}
-                for r in pool]
+    def snapshot(pool: Pool) -> dict:
+        """The replicas, and since when the engine is away (time.monotonic(), the same clock in
+        every process of the machine)."""
+        return {"replicas": [{"name": r.name, "slot": r.slot, "state": r.state.value,
+                              "instance": r.instance_id,
+                              "image_id": r.instance.image_id if r.instance else None,
+                              "address": [r.address.host, r.address.port] if r.address else None}
+                             for r in pool],
+                "engine_lost_at": pool.engine_lost_at}
 
-    def publish(self, replicas: list[dict]) -> None:
-        write_whole(self.path, json.dumps({"leader": os.getpid(), "replicas": replicas}).encode())
+    def publish(self, snapshot: dict) -> None:
+        write_whole(self.path, json.dumps({"leader": os.getpid(), **snapshot}).encode())
 
-    def read_if_changed(self) -> list[dict] | None:
-        """The replicas, when the file changed since the last read; else None."""
+    def read_if_changed(self) -> dict | None:
+        """The snapshot, when the file changed since the last read; else None."""
         try:
             stat = self.path.stat()
         except FileNotFoundError:
@@ -150,20 +153,24 @@ class StateFile:
         if mark == self._seen:
             return None
         try:
-            replicas = json.loads(self.path.read_bytes())["replicas"]
+            snapshot = json.loads(self.path.read_bytes())
+            replicas = snapshot["replicas"]
         except (OSError, ValueError, KeyError):
             return None  # replaced while we read: the next poll gets the new one
         self._seen = mark
-        if not all(RECORD_FIELDS <= record.keys() for record in replicas):
+        if "engine_lost_at" not in snapshot or not all(RECORD_FIELDS <= record.keys()
+                                                       for record in replicas):
             return None  # written by an older nmc's leader (a reload onto new code): wait for ours
-        return replicas
+        return snapshot
 
 
-def apply_snapshot(pool: Pool, replicas: list[dict]) -> None:
+def apply_snapshot(pool: Pool, snapshot: dict) -> None:
     """Make the worker's pool what the leader published: its replicas, their instances and
-    addresses, and their states (mirrored: the leader logged them already)."""
+    addresses, and their states (mirrored: the leader logged them already); and whether the
+    engine is away."""
+    pool.engine_lost_at = snapshot["engine_lost_at"]
     by_name = {replica.name: replica for replica in pool}
-    for record in replicas:
+    for record in snapshot["replicas"]:
         replica = by_name.pop(record["name"], None)
         if replica is None:
             replica = Replica(record["name"], record["slot"])
@@ -278,9 +285,9 @@ class Worker:
 
     def _follow_once(self) -> None:
         """Mirror the leader's latest word; between tries at the lease."""
-        replicas = self.state_file.read_if_changed()
-        if replicas is not None:
-            apply_snapshot(self.pool, replicas)
+        snapshot = self.state_file.read_if_changed()
+        if snapshot is not None:
+            apply_snapshot(self.pool, snapshot)
         self.counts.publish()
 
     def _lead(self) -> None:

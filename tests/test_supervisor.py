@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import time
 import uuid
+from contextlib import contextmanager
 
+import docker
 import pytest
 import requests
 
 from conftest import build_on_site_image, free_port_block, wait_until
+from harness.load import GetLoad
 
 
 @pytest.fixture
@@ -121,43 +125,84 @@ def test_check_thresholds_take_a_hung_replica_out_bring_it_back_or_replace_it(
     assert requests.get(url + "/healthz", timeout=5).status_code == 200
 
 
-def _own_dockerd() -> list[str] | None:
-    """The command line of a dockerd this test may restart: only where the run owns its engine
-    (CI, or NMC_TEST_ENGINE_RESTART=1), never a developer's own Docker."""
-    if os.environ.get("CI") != "true" and os.environ.get("NMC_TEST_ENGINE_RESTART") != "1":
-        return None
+DAEMON_JSON = "/etc/docker/daemon.json"
+
+
+def _own_dockerd() -> tuple[int, list[str]]:
+    """The pid and command line of a dockerd this test may restart: only where the run owns its
+    engine (CI, or NMC_TEST_ENGINE_RESTART=1), never a developer's own Docker; else a skip."""
     found = subprocess.run(["pgrep", "-x", "dockerd"], capture_output=True, text=True).stdout.split()
-    if len(found) != 1:
-        return None
+    if (os.environ.get("CI") != "true" and os.environ.get("NMC_TEST_ENGINE_RESTART") != "1"
+            or len(found) != 1):
+        pytest.skip("restarts the Docker engine: only where the run owns it (CI=true or "
+                    "NMC_TEST_ENGINE_RESTART=1, and one dockerd process)")
     with open(f"/proc/{found[0]}/cmdline", "rb") as cmdline:
-        return [int(found[0])] + [part.decode() for part in cmdline.read().split(b"\0") if part]
+        return int(found[0]), [part.decode() for part in cmdline.read().split(b"\0") if part]
+
+
+def _stop_dockerd(pid: int) -> None:
+    os.kill(pid, signal.SIGTERM)
+    wait_until(lambda: not os.path.exists(f"/proc/{pid}"), 60, what="dockerd stopped")
+
+
+def _start_dockerd(command: list[str]) -> int:
+    """dockerd started again as before (its log where scripts/ensure-docker.sh puts it), once it
+    answers; its pid."""
+    with open("/var/log/nmc-dockerd.log", "ab") as log:
+        started = subprocess.Popen(command, stdout=log, stderr=log, stdin=subprocess.DEVNULL,
+                                   start_new_session=True)
+    wait_until(lambda: subprocess.run(["docker", "info"], capture_output=True).returncode == 0,
+               90, interval=0.5, what="dockerd answering again")
+    return started.pid
+
+
+@contextmanager
+def _live_restore(pid: int):
+    """The engine with live-restore on (a setting it reads again on SIGHUP), for the block; then
+    off again, and its daemon.json as it was (a dockerd without that file keeps what it read
+    last, so the setting is put back through the file first)."""
+    original = open(DAEMON_JSON).read() if os.path.exists(DAEMON_JSON) else None
+    settings = json.loads(original) if original else {}
+    was = settings.get("live-restore", False)
+    os.makedirs(os.path.dirname(DAEMON_JSON), exist_ok=True)
+    _reload_with({**settings, "live-restore": True}, pid)
+    try:
+        yield
+    finally:
+        running = subprocess.run(["pgrep", "-x", "dockerd"], capture_output=True, text=True).stdout
+        _reload_with({**settings, "live-restore": was}, int(running.split()[0]))
+        if original is None:
+            os.unlink(DAEMON_JSON)
+        else:
+            with open(DAEMON_JSON, "w") as file:
+                file.write(original)
+
+
+def _reload_with(settings: dict, pid: int) -> None:
+    with open(DAEMON_JSON, "w") as file:
+        json.dump(settings, file)
+    os.kill(pid, signal.SIGHUP)
+    wait_until(lambda: docker.from_env().info()["LiveRestoreEnabled"] == settings["live-restore"],
+               10, what=f"live-restore {settings['live-restore']}")
 
 
 def test_the_engine_restarting_is_survived_without_duplicates(cluster_name, run_nmc, docker_client):
-    dockerd = _own_dockerd()
-    if dockerd is None:
-        pytest.skip("restarts the Docker engine: only where the run owns it (CI=true or "
-                    "NMC_TEST_ENGINE_RESTART=1, and one dockerd process)")
-    pid, command = dockerd[0], dockerd[1:]
+    pid, command = _own_dockerd()
     base = free_port_block(3)
     process = run_nmc("--name", cluster_name, "--bind", "127.0.0.1", "--port", str(base + 2),
                       "--base-port", str(base), "-n", "2", "--check-interval", "1")
     process.wait_serving()
     url = f"http://127.0.0.1:{base + 2}"
-    os.kill(pid, signal.SIGTERM)  # stops its containers too (no live-restore)
-    wait_until(lambda: not os.path.exists(f"/proc/{pid}"), 60, what="dockerd stopped")
+    _stop_dockerd(pid)  # stops its containers too (no live-restore)
     try:
         process.wait_for_line(r"lost the Docker engine .*; relaying to the replicas that still "
                               r"answer; reconnecting", timeout=20)
-        # no replica: a fast 503, never a hang or a traceback
-        answer = requests.get(url + "/healthz", timeout=5)
+        # no replica: a 503 once the hold for the engine's return is over, never a hang or a
+        # traceback
+        answer = requests.get(url + "/healthz", timeout=30)
         assert answer.status_code == 503 and answer.headers["Retry-After"] == "1"
     finally:
-        with open("/var/log/nmc-dockerd.log", "ab") as log:
-            subprocess.Popen(command, stdout=log, stderr=log, stdin=subprocess.DEVNULL,
-                             start_new_session=True)
-        wait_until(lambda: subprocess.run(["docker", "info"], capture_output=True).returncode == 0,
-                   90, interval=0.5, what="dockerd answering again")
+        _start_dockerd(command)
     process.wait_for_line(r"the Docker engine is back", timeout=60)
     wait_until(lambda: requests.get(url + "/healthz", timeout=5).status_code == 200, 60,
                what="the cluster serving again")
@@ -168,4 +213,38 @@ def test_the_engine_restarting_is_survived_without_duplicates(cluster_name, run_
     assert sorted(c.name for c in containers) == [f"{cluster_name}-{base}", f"{cluster_name}-{base + 1}"]
     assert all(c.status == "running" for c in containers)
     assert process.log.count("reconnecting") == 1, process.log  # the loss is said once
+    assert "Traceback" not in process.log
+
+
+def test_with_live_restore_an_engine_restart_costs_no_replica_and_no_request(
+        cluster_name, run_nmc, docker_client):
+    """The containers live on through the restart; their port proxies go with the engine for a
+    few seconds: nmc holds the requests meanwhile and replaces nothing."""
+    pid, command = _own_dockerd()
+    base = free_port_block(3)
+    url = f"http://127.0.0.1:{base + 2}"
+    with _live_restore(pid):
+        process = run_nmc("--name", cluster_name, "--bind", "127.0.0.1", "--port", str(base + 2),
+                          "--base-port", str(base), "-n", "2", "--check-interval", "1", "-q")
+        process.wait_serving()
+        label = {"label": f"nmc.cluster={cluster_name}"}
+        before = sorted(c.id for c in docker_client.containers.list(filters=label))
+        keep_alive, fresh = GetLoad(url, clients=3), GetLoad(url, clients=2, fresh_connections=True)
+        try:
+            wait_until(lambda: len(keep_alive.statuses) > 100 and len(fresh.statuses) > 20, 30,
+                       what="the load under way")
+            _stop_dockerd(pid)
+            pid = _start_dockerd(command)
+            process.wait_for_line(r"the Docker engine is back", timeout=60)
+            served = len(keep_alive.statuses) + len(fresh.statuses)
+            wait_until(lambda: len(keep_alive.statuses) + len(fresh.statuses) > served + 200, 30,
+                       what="requests served after the restart")
+        finally:
+            keep_alive.stop()
+            fresh.stop()
+        after = sorted(c.id for c in docker.from_env().containers.list(filters=label))
+    assert keep_alive.failures() == [] and fresh.failures() == [], process.log
+    assert after == before  # adopted again, none replaced
+    assert "replacing" not in process.log and "exited with code" not in process.log, process.log
+    assert process.log.count("reconnecting") == 1, process.log
     assert "Traceback" not in process.log

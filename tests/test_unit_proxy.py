@@ -1,10 +1,15 @@
-"""The relay's pure pieces: request target and header filtering, on plain WSGI environs."""
+"""The relay's pure pieces: request target and header filtering, on plain WSGI environs; the
+choice of a replica, on a pool of plain replicas."""
 
 import io
+import time
 
+import gevent
 import urllib3
 
-from nmc.proxy import _request_body, _request_headers, _request_id, _request_target
+from nmc.pool import Pool
+from nmc.proxy import Proxy, _request_body, _request_headers, _request_id, _request_target
+from nmc.replica import Replica, State
 
 
 def environ(**extra):
@@ -80,3 +85,38 @@ def test_a_chunked_body_is_relayed_as_chunks():
 
 def test_an_empty_chunked_body_is_no_body():
     assert _request_body(environ(REQUEST_METHOD="POST", HTTP_TRANSFER_ENCODING="chunked")) is None
+
+
+# -- choosing a replica: the queue, the engine away, a replica tried already ---------------------
+
+
+def proxy_over(*replicas, queue_timeout=0.05):
+    return Proxy(Pool(list(replicas)), queue_timeout=queue_timeout)
+
+
+def replica(slot, state):
+    made = Replica(f"nmc-{slot}", slot)
+    made.change_state(state, mirrored=True)
+    return made
+
+
+def test_with_no_replica_ready_a_request_waits_the_queue_timeout_then_gets_none():
+    assert proxy_over(replica(3001, State.DOWN))._choose({}, None) is None
+
+
+def test_while_the_engine_is_away_a_request_waits_for_a_replica_beyond_the_queue_timeout():
+    down = replica(3001, State.DOWN)
+    proxy = proxy_over(down)
+    proxy.pool.engine_lost_at = time.monotonic()  # its port proxies come back with the engine
+    gevent.spawn_later(0.3, down.change_state, State.READY, mirrored=True)  # 6 queue timeouts
+    assert proxy._choose({}, None) is down
+
+
+def test_a_replica_tried_already_is_skipped_until_it_has_been_out_and_back():
+    refused = replica(3001, State.READY)
+    proxy = proxy_over(refused)
+    tried = {refused: (refused.instance_id, refused.ready_at)}
+    assert proxy._choose(tried, None) is None  # the same instance, never out since
+    refused.change_state(State.DOWN, mirrored=True)
+    refused.change_state(State.READY, mirrored=True)  # back (its port answers again)
+    assert proxy._choose(tried, None) is refused

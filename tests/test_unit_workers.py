@@ -25,12 +25,13 @@ def test_followers_mirror_what_the_leader_published(tmp_path):
     leader.replicas[0].change_state(State.READY)
     leader.replicas[0].serve_with(Instance("abc", "nmc-3001", "sha256:1", Address("127.0.0.1", 3001)))
     leader.replicas[1].change_state(State.DOWN)
+    leader.engine_lost_at = 1234.5
     written, reader = StateFile(tmp_path / "c.json"), StateFile(tmp_path / "c.json")
     written.publish(StateFile.snapshot(leader))
-    replicas = reader.read_if_changed()
-    apply_snapshot(follower, replicas)
+    apply_snapshot(follower, reader.read_if_changed())
     assert [(r.state, r.instance_id) for r in follower] == [(State.READY, "abc"), (State.DOWN, None)]
     assert follower.next_ready() is follower.replicas[0]
+    assert follower.engine_lost_at == 1234.5  # its requests wait longer for a replica too
     assert reader.read_if_changed() is None  # unchanged since the last read
 
 
