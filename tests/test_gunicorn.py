@@ -18,10 +18,12 @@ import sys
 import threading
 import time
 
+import docker
 import pytest
 import requests
 
 from conftest import IMAGE, Load, NmcProcess, free_port_block, wait_until
+from test_supervisor import live_restore, own_dockerd, start_dockerd, stop_dockerd
 from test_websocket import TEXT, WsClient
 
 SUPERVISES = re.compile(r"worker (\d+) supervises cluster")
@@ -307,3 +309,29 @@ def test_bad_settings_stop_gunicorn_with_one_line(gunicorn, docker_client, clust
     assert errors and message in errors[0], server.process.log_summary()
     assert_no_traceback(server)
     assert container_ids(docker_client, cluster_name) == {}
+
+
+def test_an_engine_restart_with_live_restore_costs_no_replica_and_no_request(
+        gunicorn, docker_client, cluster_name):
+    """As with ./nmc_server.py (test_supervisor.py): every worker, not only the supervising one,
+    holds its requests while the engine's port proxies are away (the leader's word reaches them
+    through the state file)."""
+    pid, command = own_dockerd()
+    with live_restore(pid):
+        server = gunicorn(workers=3)
+        server.wait_ready()
+        before = container_ids(docker_client, cluster_name)
+        load = Load(server.url, clients=4, fresh_connections=True)
+        try:
+            wait_until(lambda: len(load.statuses) > 100, 30, what="the load under way")
+            stop_dockerd(pid)
+            start_dockerd(command)
+            server.process.wait_for_line(r"the Docker engine is back", timeout=60)
+            served = len(load.statuses)
+            wait_until(lambda: len(load.statuses) > served + 200, 30,
+                       what="requests served after the restart")
+        finally:
+            load.stop()
+        assert container_ids(docker.from_env(), cluster_name) == before  # none replaced
+    assert load.statuses and not load.failures(), load.failures()[:5]
+    assert_no_traceback(server)

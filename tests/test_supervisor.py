@@ -128,7 +128,7 @@ def test_check_thresholds_take_a_hung_replica_out_bring_it_back_or_replace_it(
 DAEMON_JSON = "/etc/docker/daemon.json"
 
 
-def _own_dockerd() -> tuple[int, list[str]]:
+def own_dockerd() -> tuple[int, list[str]]:
     """The pid and command line of a dockerd this test may restart: only where the run owns its
     engine (CI, or NMC_TEST_ENGINE_RESTART=1), never a developer's own Docker; else a skip."""
     found = subprocess.run(["pgrep", "-x", "dockerd"], capture_output=True, text=True).stdout.split()
@@ -140,12 +140,12 @@ def _own_dockerd() -> tuple[int, list[str]]:
         return int(found[0]), [part.decode() for part in cmdline.read().split(b"\0") if part]
 
 
-def _stop_dockerd(pid: int) -> None:
+def stop_dockerd(pid: int) -> None:
     os.kill(pid, signal.SIGTERM)
     wait_until(lambda: not os.path.exists(f"/proc/{pid}"), 60, what="dockerd stopped")
 
 
-def _start_dockerd(command: list[str]) -> int:
+def start_dockerd(command: list[str]) -> int:
     """dockerd started again as before (its log where scripts/ensure-docker.sh puts it), once it
     answers; its pid."""
     with open("/var/log/nmc-dockerd.log", "ab") as log:
@@ -157,7 +157,7 @@ def _start_dockerd(command: list[str]) -> int:
 
 
 @contextmanager
-def _live_restore(pid: int):
+def live_restore(pid: int):
     """The engine with live-restore on (a setting it reads again on SIGHUP), for the block; then
     off again, and its daemon.json as it was (a dockerd without that file keeps what it read
     last, so the setting is put back through the file first)."""
@@ -165,12 +165,12 @@ def _live_restore(pid: int):
     settings = json.loads(original) if original else {}
     was = settings.get("live-restore", False)
     os.makedirs(os.path.dirname(DAEMON_JSON), exist_ok=True)
-    _reload_with({**settings, "live-restore": True}, pid)
+    reload_with({**settings, "live-restore": True}, pid)
     try:
         yield
     finally:
         running = subprocess.run(["pgrep", "-x", "dockerd"], capture_output=True, text=True).stdout
-        _reload_with({**settings, "live-restore": was}, int(running.split()[0]))
+        reload_with({**settings, "live-restore": was}, int(running.split()[0]))
         if original is None:
             os.unlink(DAEMON_JSON)
         else:
@@ -178,7 +178,7 @@ def _live_restore(pid: int):
                 file.write(original)
 
 
-def _reload_with(settings: dict, pid: int) -> None:
+def reload_with(settings: dict, pid: int) -> None:
     with open(DAEMON_JSON, "w") as file:
         json.dump(settings, file)
     os.kill(pid, signal.SIGHUP)
@@ -187,13 +187,13 @@ def _reload_with(settings: dict, pid: int) -> None:
 
 
 def test_the_engine_restarting_is_survived_without_duplicates(cluster_name, run_nmc, docker_client):
-    pid, command = _own_dockerd()
+    pid, command = own_dockerd()
     base = free_port_block(3)
     process = run_nmc("--name", cluster_name, "--bind", "127.0.0.1", "--port", str(base + 2),
                       "--base-port", str(base), "-n", "2", "--check-interval", "1")
     process.wait_serving()
     url = f"http://127.0.0.1:{base + 2}"
-    _stop_dockerd(pid)  # stops its containers too (no live-restore)
+    stop_dockerd(pid)  # stops its containers too (no live-restore)
     try:
         process.wait_for_line(r"lost the Docker engine .*; relaying to the replicas that still "
                               r"answer; reconnecting", timeout=20)
@@ -202,7 +202,7 @@ def test_the_engine_restarting_is_survived_without_duplicates(cluster_name, run_
         answer = requests.get(url + "/healthz", timeout=30)
         assert answer.status_code == 503 and answer.headers["Retry-After"] == "1"
     finally:
-        _start_dockerd(command)
+        start_dockerd(command)
     process.wait_for_line(r"the Docker engine is back", timeout=60)
     wait_until(lambda: requests.get(url + "/healthz", timeout=5).status_code == 200, 60,
                what="the cluster serving again")
@@ -220,10 +220,10 @@ def test_with_live_restore_an_engine_restart_costs_no_replica_and_no_request(
         cluster_name, run_nmc, docker_client):
     """The containers live on through the restart; their port proxies go with the engine for a
     few seconds: nmc holds the requests meanwhile and replaces nothing."""
-    pid, command = _own_dockerd()
+    pid, command = own_dockerd()
     base = free_port_block(3)
     url = f"http://127.0.0.1:{base + 2}"
-    with _live_restore(pid):
+    with live_restore(pid):
         process = run_nmc("--name", cluster_name, "--bind", "127.0.0.1", "--port", str(base + 2),
                           "--base-port", str(base), "-n", "2", "--check-interval", "1", "-q")
         process.wait_serving()
@@ -233,8 +233,8 @@ def test_with_live_restore_an_engine_restart_costs_no_replica_and_no_request(
         try:
             wait_until(lambda: len(keep_alive.statuses) > 100 and len(fresh.statuses) > 20, 30,
                        what="the load under way")
-            _stop_dockerd(pid)
-            pid = _start_dockerd(command)
+            stop_dockerd(pid)
+            pid = start_dockerd(command)
             process.wait_for_line(r"the Docker engine is back", timeout=60)
             served = len(keep_alive.statuses) + len(fresh.statuses)
             wait_until(lambda: len(keep_alive.statuses) + len(fresh.statuses) > served + 200, 30,
