@@ -197,6 +197,8 @@ def replica_status(replica: Replica, relay: RelayCounters) -> dict:
         "errors": relay.errors,
         "restarts": replica.restarts,
         "last_exit_code": replica.last_exit_code,
+        "last_exit_out_of_memory": replica.last_exit_out_of_memory,
+        "oom_kills": replica.oom_kills,
         "latency_buckets": [list(bucket) for bucket in relay.cumulative_latency()],
     }
 
@@ -288,7 +290,7 @@ def format_status(status: dict) -> str:
                      _duration(r["since_seconds"]), (r["container_id"] or "-")[:12],
                      (r["image_id"] or "-").split(":", 1)[-1][:12],
                      str(r["in_flight"]), str(r["requests"]), str(r["errors"]), str(r["restarts"]),
-                     "-" if r["last_exit_code"] is None else str(r["last_exit_code"])))
+                     _last_exit(r)))
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip()
              for row in rows]
@@ -297,6 +299,14 @@ def format_status(status: dict) -> str:
                  f"image {status['image']}, {totals['requests']} requests, "
                  f"{totals['errors']} errors, {totals['restarts']} restarts")
     return "\n".join(lines)
+
+
+def _last_exit(replica: dict) -> str:
+    out_of_memory = replica.get("last_exit_out_of_memory")  # (an older nmc's status has none)
+    if replica["last_exit_code"] is None and not out_of_memory:
+        return "-"
+    code = "-" if replica["last_exit_code"] is None else str(replica["last_exit_code"])
+    return f"{code} (out of memory)" if out_of_memory else code
 
 
 def _duration(seconds: float) -> str:

@@ -61,6 +61,7 @@ class Instance:
     node: str | None = None    # the machine it runs on, where there are several (a swarm node)
     engine_state: str = ""     # the engine's own words for its state ("running", "running,
                                # desired shutdown")
+    out_of_memory: bool = False  # it exited because the kernel killed it for want of memory
 
     @property
     def short_id(self) -> str:

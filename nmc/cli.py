@@ -49,6 +49,9 @@ Options:
   --cap-add CAP              Give the replicas a Linux capability back (repeatable; they run
                              with all dropped and no-new-privileges), e.g. NET_BIND_SERVICE.
   --read-only                Run the replicas with a read-only root filesystem (a tmpfs /tmp).
+  --memory SIZE              Memory each replica may use, e.g. 256m, 1g (no swap beyond it);
+                             one killed at it is logged as out of memory and replaced.
+  --cpus N                   CPUs each replica may use, e.g. 0.5, 2.
   --name NAME                Cluster name: replicas are named NAME-PORT and labelled
                              nmc.cluster=NAME [default: nmc].
   --health-path PATH         URL path that answers 2xx while a replica is alive

@@ -21,6 +21,7 @@ MAX_REPLICAS = 64
 REPLICA_HOST = "127.0.0.1"
 DEFAULT_IMAGE = "nodejs.org"
 BALANCE_POLICIES = ("roundrobin", "least-conn")
+MIN_MEMORY = 6 * 1024 ** 2  # Docker's least memory limit for a container
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,8 @@ class Config:
     # Replicas run with every capability dropped and no-new-privileges; these come back.
     cap_add: tuple[str, ...] = ()
     read_only: bool = False  # a read-only root filesystem, with a tmpfs /tmp
+    memory: int = 0         # bytes of memory each replica may use (no swap beyond); 0: no limit
+    cpus: float = 0.0       # CPUs each replica may use (1.5: one and a half); 0: no limit
 
     @property
     def replica_ports(self) -> list[int]:
@@ -129,6 +132,10 @@ class Config:
             raise UsageError(f"--max-connections must be at least 1, not {self.max_connections}")
         if self.graceful_timeout < 0:
             raise UsageError("--graceful-timeout must not be negative")
+        if 0 < self.memory < MIN_MEMORY:
+            raise UsageError(f"--memory {self.memory} bytes is below Docker's least, 6m")
+        if self.cpus < 0:
+            raise UsageError(f"--cpus must be a number of CPUs such as 0.5 or 2, not {self.cpus:g}")
         if bool(self.certfile) != bool(self.keyfile):
             raise UsageError("--certfile and --keyfile go together: TLS needs the certificate "
                              "and its key")
@@ -171,7 +178,7 @@ class Config:
             if f.name == "cap_add":
                 kwargs[f.name] = _read_capabilities(raw)
                 continue
-            if f.name == "max_body_size":
+            if f.name in ("max_body_size", "memory"):
                 kwargs[f.name] = _parse_size(option, raw)
                 continue
             if f.type == "bool":
@@ -274,13 +281,14 @@ def _check_port(option: str, value: int) -> None:
 
 
 def _parse_number(option: str, raw, kind):
+    what = "a whole number" if kind is int else \
+        "a number of CPUs" if option == "--cpus" else "a number of seconds"
     try:
         value = kind(str(raw).strip())
     except ValueError:
-        what = "a whole number" if kind is int else "a number of seconds"
         raise UsageError(f"{option} must be {what}, not {raw!r}") from None
     if kind is float and not math.isfinite(value):
-        raise UsageError(f"{option} must be a number of seconds, not {raw!r}")
+        raise UsageError(f"{option} must be {what}, not {raw!r}")
     return value
 
 

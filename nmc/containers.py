@@ -65,16 +65,25 @@ class ReplicaSpec:
     env: dict[str, str] = field(default_factory=dict)
     cap_add: tuple[str, ...] = ()  # every other capability is dropped
     read_only: bool = False
+    memory: int = 0    # bytes; 0: no limit
+    cpus: float = 0.0  # 0: no limit
 
     def settings_hash(self, image_id: str) -> str:
         return settings_hash(image_id, self.container_port, self.env,
-                             *hardening_settings(self.cap_add, self.read_only))
+                             *hardening_settings(self.cap_add, self.read_only),
+                             *limit_settings(self.memory, self.cpus))
 
 
 def hardening_settings(cap_add: tuple[str, ...], read_only: bool) -> list:
     """The hardening a replica runs with, as the settings hash sees it (containers and services
     made before nmc hardened them have other hashes: they are replaced, not adopted)."""
     return ["hardened-1", sorted(cap_add), read_only]
+
+
+def limit_settings(memory: int, cpus: float) -> list:
+    """--memory and --cpus, as the settings hash sees them (nothing when neither is set: the
+    replicas of an nmc without them are adopted as they were)."""
+    return ["limits-1", memory, cpus] if memory or cpus else []
 
 
 def settings_hash(image_id: str, container_port: int, env: dict[str, str], *more) -> str:
@@ -94,6 +103,7 @@ class ContainerInfo:
     exit_code: int | None
     image_id: str
     labels: dict[str, str]
+    oom_killed: bool = False  # the kernel killed a process of it for want of memory
 
     @property
     def short_id(self) -> str:
@@ -120,6 +130,7 @@ class ContainerInfo:
             exit_code=state.get("ExitCode"),
             image_id=attrs.get("Image", ""),
             labels=(attrs.get("Config") or {}).get("Labels") or {},
+            oom_killed=bool(state.get("OOMKilled")),
         )
 
 
@@ -282,6 +293,9 @@ class Engine:
             cap_drop=["ALL"], cap_add=list(spec.cap_add) or None,
             security_opt=["no-new-privileges"],
             read_only=spec.read_only, tmpfs={"/tmp": ""} if spec.read_only else None,
+            # --memory: no swap beyond it (Docker's default would add as much swap again)
+            mem_limit=spec.memory or None, memswap_limit=spec.memory or None,
+            nano_cpus=round(spec.cpus * 1e9) or None,
         )
         try:
             container.start()
@@ -428,7 +442,8 @@ class ContainerBackend:
         return ReplicaSpec(cluster=self.config.name, name=self.slot_name(slot), image=image_id,
                            host_port=slot, container_port=self.config.container_port,
                            host_ip=REPLICA_HOST, env=self.config.replica_env,
-                           cap_add=self.config.cap_add, read_only=self.config.read_only)
+                           cap_add=self.config.cap_add, read_only=self.config.read_only,
+                           memory=self.config.memory, cpus=self.config.cpus)
 
     def image_id(self, image: str) -> str:
         return self.engine.image_id(image)
@@ -487,7 +502,8 @@ class ContainerBackend:
                         adoptable=adoptable,
                         stopped_from_outside=(info.status == "paused"
                                               or info.id in self._stopped_from_outside),
-                        engine_state=info.status)
+                        engine_state=info.status,
+                        out_of_memory=info.oom_killed and info.status in ("exited", "dead"))
 
 
 class ContainerEvents:

@@ -108,6 +108,10 @@ class Healing:
             return
         if event.happening is Happening.EXITED:
             replica.last_exit_code = event.exit_code
+        if event.happening is Happening.OUT_OF_MEMORY:
+            # the kernel killed a process of it: when it was the main one, its exit follows at
+            # once, and is said as out of memory (the engine's inspect tells)
+            return
         if event.happening is Happening.RETIRED:
             if replica.state in WATCHED:  # the engine scales down: it leaves, as on our own
                 self.lifecycle.tasks.spawn(self._leave, replica, event.reason)
@@ -246,8 +250,17 @@ class Healing:
             replica.quick_crashes += 1
         if found is not None and found.exit_code is not None:
             exit_code = found.exit_code
-        if exit_code is not None:
+        out_of_memory = found is not None and found.out_of_memory
+        if exit_code is not None or out_of_memory:
             replica.last_exit_code = exit_code
+            replica.last_exit_out_of_memory = out_of_memory
+        if out_of_memory:
+            replica.oom_kills += 1
+            log.warning("replica %s was killed out of memory (its limit: %s) with code %s after "
+                        "%.1fs in the rotation%s", replica.name,
+                        size_text(self.lifecycle.config.memory), exit_code, uptime,
+                        self.lifecycle.last_logs(replica))
+        elif exit_code is not None:
             log.warning("replica %s exited with code %s after %.1fs in the rotation%s",
                         replica.name, exit_code, uptime, self.lifecycle.last_logs(replica))
         delay = 0.0 if self.backend.orchestrates else crash_loop_delay(replica.quick_crashes)
@@ -257,6 +270,16 @@ class Healing:
             if replica.state in BEING_REPLACED:
                 replica.change_state(State.BACKOFF, f"crash loop: next start in {delay:g}s")
                 self.lifecycle.stopped.wait(delay)
+
+
+def size_text(size: int) -> str:
+    """A --memory limit as a person reads it: 64 MiB, 1.5 GiB; "none" for 0 (the host's memory)."""
+    if not size:
+        return "none, the host's memory"
+    for unit, factor in (("GiB", 1024 ** 3), ("MiB", 1024 ** 2), ("KiB", 1024)):
+        if size >= factor:
+            return f"{size / factor:.4g} {unit}"
+    return f"{size} bytes"
 
 
 def crash_loop_delay(quick_crashes: int) -> float:

@@ -64,6 +64,8 @@ class Replica:
     restarts: int = 0
     quick_crashes: int = 0             # crashes in a row, each soon after joining: the backoff's count
     last_exit_code: int | None = None  # of its last instance that exited
+    last_exit_out_of_memory: bool = False  # that instance was killed for want of memory
+    oom_kills: int = 0                 # its instances killed for want of memory
     health: CheckCounts = field(default_factory=CheckCounts)  # written by the health checks
     relay: RelayCounters = field(default_factory=RelayCounters)  # written by the proxy
     noun: str = "container"            # what its instances are called in log lines

@@ -26,7 +26,8 @@ import requests
 from nmc.backend import Address, EngineError, Event, Happening, Instance
 from nmc.config import Config
 from nmc.containers import (LABEL_CLUSTER, LABEL_SETTINGS, STOPPING_SIGNALS, Engine, engine_call,
-                            explain, first_line, hardening_settings, settings_hash)
+                            explain, first_line, hardening_settings, limit_settings,
+                            settings_hash)
 
 log = logging.getLogger(__name__)
 
@@ -260,7 +261,8 @@ class SwarmService:
         config = self.config
         return settings_hash(image_id, config.container_port, config.replica_env,
                              config.health_path, config.start_timeout,
-                             *hardening_settings(config.cap_add, config.read_only))
+                             *hardening_settings(config.cap_add, config.read_only),
+                             *limit_settings(config.memory, config.cpus))
 
     @engine_call("create or update the swarm service")
     def prepare(self, count: int, image_id: str) -> None:
@@ -295,7 +297,9 @@ class SwarmService:
                 cap_drop=["ALL"], cap_add=list(config.cap_add) or None,
                 read_only=config.read_only or None,
                 mounts=[docker.types.Mount("/tmp", None, type="tmpfs")] if config.read_only else None),
-            restart_policy=docker.types.RestartPolicy(condition="any", delay=0))
+            restart_policy=docker.types.RestartPolicy(condition="any", delay=0),
+            resources=docker.types.Resources(cpu_limit=round(config.cpus * 1e9) or None,
+                                             mem_limit=config.memory or None))
         template["ContainerSpec"]["Healthcheck"] = self._healthcheck()
         self.api.create_service(
             template, name=self.name,

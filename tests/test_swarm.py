@@ -92,7 +92,8 @@ def test_swarm_tasks_serve_and_kills_and_scaling_fail_no_request(
     base = free_port_block(2)
     url, admin_port = f"http://127.0.0.1:{base}", base + 1
     process = run_nmc("--swarm", "--name", cluster_name, "--bind", "127.0.0.1", "--port",
-                      str(base), "--admin-port", str(admin_port), "-n", "2", "-q")
+                      str(base), "--admin-port", str(admin_port), "-n", "2", "-q",
+                      "--memory", "128m", "--cpus", "0.5")
     process.wait_serving(120)
     assert {get(url + "/whoami").json()["replica"] for _ in range(4)} == \
         {f"{cluster_name}.1", f"{cluster_name}.2"}
@@ -104,9 +105,9 @@ def test_swarm_tasks_serve_and_kills_and_scaling_fail_no_request(
         assert (replica["state"], replica["engine_state"]) == ("ready", "running")
     assert process.wait_for_line(rf"replica {cluster_name}\.1 \(node {node}, port \d+, task \w+\): "
                                  r"starting -> ready")
-    container_spec = docker_client.api.inspect_service(cluster_name)["Spec"]["TaskTemplate"][
-        "ContainerSpec"]
-    assert container_spec["CapabilityDrop"] == ["ALL"]  # hardened as on one host
+    template = docker_client.api.inspect_service(cluster_name)["Spec"]["TaskTemplate"]
+    assert template["ContainerSpec"]["CapabilityDrop"] == ["ALL"]  # hardened as on one host
+    assert template["Resources"]["Limits"] == {"NanoCPUs": 500_000_000, "MemoryBytes": 128 << 20}
     metrics = requests.get(f"http://127.0.0.1:{admin_port}/metrics", timeout=10).text
     assert f'nmc_replica_info{{address="127.0.0.1:{status["replicas"][0]["port"]}"' in metrics
     load = Load(url, clients=4, limit=90)

@@ -51,6 +51,11 @@ def test_options_reach_the_config():
     (["--max-body-size", "lots"], "--max-body-size must be a size such as 10m, 512k or 4096"),
     (["--max-body-size", "10x"], "--max-body-size must be a size"),
     (["--cap-add", "FLY"], "--cap-add 'FLY': no such capability"),
+    (["--memory", "lots"], "--memory must be a size such as 10m"),
+    (["--memory", "1m"], "--memory 1048576 bytes is below Docker's least, 6m"),
+    (["--cpus", "half"], "--cpus must be a number of CPUs, not 'half'"),
+    (["--cpus", "-1"], "--cpus must be a number of CPUs such as 0.5 or 2, not -1"),
+    (["--cpus", "nan"], "--cpus must be a number of CPUs, not 'nan'"),
 ])
 def test_bad_options_give_one_line(argv, message):
     with pytest.raises(UsageError) as error:
@@ -64,6 +69,12 @@ def test_bad_options_give_one_line(argv, message):
                                          ("1G", 1 << 30), ("64KB", 64 << 10), ("0", 0)])
 def test_body_sizes_read_as_nginx_writes_them(given, size):
     assert parse_args(["--max-body-size", given]).max_body_size == size
+
+
+def test_limits_read_as_docker_writes_them():
+    config = parse_args(["--memory", "256m", "--cpus", "1.5"])
+    assert (config.memory, config.cpus) == (256 << 20, 1.5)
+    assert (parse_args([]).memory, parse_args([]).cpus) == (0, 0.0)  # no limit by default
 
 
 def test_environment_settings_for_gunicorn():
