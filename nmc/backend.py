@@ -34,6 +34,10 @@ class PortBusy(EngineError):
     pass
 
 
+class NetworkMissing(EngineError):
+    """A --network that the engine does not have (or not of the kind needed)."""
+
+
 @dataclass(frozen=True)
 class Address:
     """Where an instance answers HTTP."""

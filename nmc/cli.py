@@ -24,6 +24,7 @@ nmc-server: N replicas of a Node.js site in Docker, behind one port, relayed rou
 Usage:
   nmc-server [options] [--name NAME] [--image IMAGE] [--max-surge N] [--admin-port PORT]
              [--admin-token-file FILE] [-e KEY=VALUE]... [--cap-add CAP]...
+             [--network NAME]... [--volume SOURCE:TARGET]...
   nmc-server status [--admin-port PORT] [--name NAME] [--admin-token-file FILE]
   nmc-server scale N [--admin-port PORT] [--name NAME] [--admin-token-file FILE]
   nmc-server rollout [--image IMAGE] [--max-surge N] [--admin-port PORT] [--name NAME]
@@ -52,6 +53,10 @@ Options:
   --memory SIZE              Memory each replica may use, e.g. 256m, 1g (no swap beyond it);
                              one killed at it is logged as out of memory and replaced.
   --cpus N                   CPUs each replica may use, e.g. 0.5, 2.
+  --network NAME             Docker network every replica joins (repeatable), to reach its
+                             services by name (postgres:5432); ports stay on 127.0.0.1.
+  --volume SOURCE:TARGET     Mount a named volume or a host folder in every replica, as
+                             docker's -v (repeatable; :ro at the end for read-only).
   --name NAME                Cluster name: replicas are named NAME-PORT and labelled
                              nmc.cluster=NAME [default: nmc].
   --health-path PATH         URL path that answers 2xx while a replica is alive

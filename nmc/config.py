@@ -70,6 +70,10 @@ class Config:
     read_only: bool = False  # a read-only root filesystem, with a tmpfs /tmp
     memory: int = 0         # bytes of memory each replica may use (no swap beyond); 0: no limit
     cpus: float = 0.0       # CPUs each replica may use (1.5: one and a half); 0: no limit
+    network: tuple[str, ...] = ()  # Docker networks every replica joins (else the default bridge)
+    # What every replica mounts, in docker's syntax: SOURCE:TARGET[:ro], SOURCE a named volume
+    # or a host path (made absolute here).
+    volume: tuple[str, ...] = ()
 
     @property
     def replica_ports(self) -> list[int]:
@@ -178,6 +182,12 @@ class Config:
             if f.name == "cap_add":
                 kwargs[f.name] = _read_capabilities(raw)
                 continue
+            if f.name == "network":
+                kwargs[f.name] = _read_networks(raw)
+                continue
+            if f.name == "volume":
+                kwargs[f.name] = _read_volumes(raw)
+                continue
             if f.name in ("max_body_size", "memory"):
                 kwargs[f.name] = _parse_size(option, raw)
                 continue
@@ -239,6 +249,54 @@ def _read_capabilities(items) -> tuple[str, ...]:
                              "CHOWN; see capabilities(7))")
         if name not in found:
             found.append(name)
+    return tuple(found)
+
+
+def _items(raw) -> list[str]:
+    """A repeatable option's values: a list (the CLI), or one string, one per line or
+    comma-separated (an NMC_* variable)."""
+    if isinstance(raw, str):
+        raw = re.split(r"[\n,]+", raw)
+    return [item.strip() for item in raw or () if item.strip()]
+
+
+def _read_networks(raw) -> tuple[str, ...]:
+    found = []
+    for name in _items(raw):
+        if not _NAME_RE.match(name):
+            raise UsageError(f"--network {name!r}: not a Docker network name")
+        if name not in found:
+            found.append(name)
+    return tuple(found)
+
+
+_VOLUME_NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]+$")
+
+
+def _read_volumes(raw) -> tuple[str, ...]:
+    """--volume SOURCE:TARGET[:ro|rw], as docker reads it: SOURCE a named volume or a host path
+    (absolute, or relative to here: made absolute, as compose does), TARGET an absolute path."""
+    found = []
+    for item in _items(raw):
+        parts = item.split(":")
+        if len(parts) not in (2, 3) or not all(parts[:2]):
+            raise UsageError(f"--volume {item!r}: expected SOURCE:TARGET or SOURCE:TARGET:ro "
+                             "(SOURCE a volume name or a host path)")
+        source, target = parts[0], parts[1]
+        mode = parts[2] if len(parts) == 3 else "rw"
+        if mode not in ("ro", "rw"):
+            raise UsageError(f"--volume {item!r}: the mode must be ro or rw, not {mode!r}")
+        if not target.startswith("/"):
+            raise UsageError(f"--volume {item!r}: the path in the container must be absolute")
+        if source.startswith((".", "/", "~")):
+            source = os.path.abspath(os.path.expanduser(source))
+        elif not _VOLUME_NAME_RE.match(source):
+            raise UsageError(f"--volume {item!r}: {source!r} is neither a volume name nor a "
+                             f"path (write ./{source} for a folder here)")
+        found.append(f"{source}:{target}:{mode}")
+    targets = [v.split(":")[1] for v in found]
+    if len(set(targets)) != len(targets):
+        raise UsageError("--volume: two volumes mount at the same path in the container")
     return tuple(found)
 
 

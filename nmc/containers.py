@@ -28,6 +28,7 @@ from nmc.backend import (
     Happening,
     ImageMissing,
     Instance,
+    NetworkMissing,
     PortBusy,
 )
 from nmc.config import REPLICA_HOST, Config
@@ -67,11 +68,14 @@ class ReplicaSpec:
     read_only: bool = False
     memory: int = 0    # bytes; 0: no limit
     cpus: float = 0.0  # 0: no limit
+    networks: tuple[str, ...] = ()  # none: Docker's default bridge
+    volumes: tuple[str, ...] = ()   # SOURCE:TARGET:MODE
 
     def settings_hash(self, image_id: str) -> str:
         return settings_hash(image_id, self.container_port, self.env,
                              *hardening_settings(self.cap_add, self.read_only),
-                             *limit_settings(self.memory, self.cpus))
+                             *limit_settings(self.memory, self.cpus),
+                             *attachment_settings(self.networks, self.volumes))
 
 
 def hardening_settings(cap_add: tuple[str, ...], read_only: bool) -> list:
@@ -84,6 +88,11 @@ def limit_settings(memory: int, cpus: float) -> list:
     """--memory and --cpus, as the settings hash sees them (nothing when neither is set: the
     replicas of an nmc without them are adopted as they were)."""
     return ["limits-1", memory, cpus] if memory or cpus else []
+
+
+def attachment_settings(networks: tuple[str, ...], volumes: tuple[str, ...]) -> list:
+    """--network and --volume, as the settings hash sees them (nothing when neither is given)."""
+    return ["attached-1", list(networks), list(volumes)] if networks or volumes else []
 
 
 def settings_hash(image_id: str, container_port: int, env: dict[str, str], *more) -> str:
@@ -250,6 +259,23 @@ class Engine:
             raise BuildFailed(f"building {context} failed: {e.strerror}: {e.filename}") from e
         return image_id or self.image_id(tag)
 
+    @engine_call("look up the replicas' networks")
+    def check_networks(self, names: tuple[str, ...], scope: str = "") -> None:
+        """Every network in `names` exists (and is of `scope`, "swarm" for a service), else one
+        line that says how to make it."""
+        for name in names:
+            try:
+                found = self.client.api.inspect_network(name)
+            except docker.errors.NotFound:
+                overlay = " -d overlay --attachable" if scope == "swarm" else ""
+                raise NetworkMissing(f"network {name!r} does not exist on this Docker engine: "
+                                     f"create it (`docker network create{overlay} {name}`) and "
+                                     "start the services the replicas should reach on it") from None
+            if scope and found.get("Scope") != scope:
+                raise NetworkMissing(f"network {name!r} is a {found.get('Scope')} network: a "
+                                     f"swarm service needs an overlay network "
+                                     f"(`docker network create -d overlay --attachable {name}`)")
+
     @engine_call("list the cluster's containers")
     def list_cluster(self, cluster: str) -> list[ContainerInfo]:
         containers = self.client.api.containers(all=True, filters={"label": f"{LABEL_CLUSTER}={cluster}"})
@@ -296,8 +322,12 @@ class Engine:
             # --memory: no swap beyond it (Docker's default would add as much swap again)
             mem_limit=spec.memory or None, memswap_limit=spec.memory or None,
             nano_cpus=round(spec.cpus * 1e9) or None,
+            network=spec.networks[0] if spec.networks else None,
+            volumes=[*spec.volumes] or None,
         )
         try:
+            for network in spec.networks[1:]:  # a container is created on one network only
+                self.client.api.connect_container_to_network(container.id, network)
             container.start()
         except docker.errors.APIError as e:
             self._remove_quietly(container.id)
@@ -443,7 +473,8 @@ class ContainerBackend:
                            host_port=slot, container_port=self.config.container_port,
                            host_ip=REPLICA_HOST, env=self.config.replica_env,
                            cap_add=self.config.cap_add, read_only=self.config.read_only,
-                           memory=self.config.memory, cpus=self.config.cpus)
+                           memory=self.config.memory, cpus=self.config.cpus,
+                           networks=self.config.network, volumes=self.config.volume)
 
     def image_id(self, image: str) -> str:
         return self.engine.image_id(image)
@@ -453,7 +484,8 @@ class ContainerBackend:
             _check_port_free(port)
 
     def prepare(self, count: int, image_id: str) -> None:
-        pass  # each container is started on its own
+        """Each container is started on its own: only what they all need is looked at."""
+        self.engine.check_networks(self.config.network)
 
     def teardown(self) -> None:
         pass

@@ -26,8 +26,8 @@ import requests
 from nmc.backend import Address, EngineError, Event, Happening, Instance
 from nmc.config import Config
 from nmc.containers import (LABEL_CLUSTER, LABEL_SETTINGS, STOPPING_SIGNALS, Engine, engine_call,
-                            explain, first_line, hardening_settings, limit_settings,
-                            settings_hash)
+                            attachment_settings, explain, first_line, hardening_settings,
+                            limit_settings, settings_hash)
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +95,7 @@ class SwarmBackend:
         pass  # Swarm places tasks and picks their ports
 
     def prepare(self, count: int, image_id: str) -> None:
+        self.engine.check_networks(self.config.network, scope="swarm")
         self.service.prepare(count, image_id)
         self._say_if_other_nodes_need(self.config.image)
 
@@ -262,7 +263,8 @@ class SwarmService:
         return settings_hash(image_id, config.container_port, config.replica_env,
                              config.health_path, config.start_timeout,
                              *hardening_settings(config.cap_add, config.read_only),
-                             *limit_settings(config.memory, config.cpus))
+                             *limit_settings(config.memory, config.cpus),
+                             *attachment_settings(config.network, config.volume))
 
     @engine_call("create or update the swarm service")
     def prepare(self, count: int, image_id: str) -> None:
@@ -296,10 +298,12 @@ class SwarmService:
                 # place for it before Engine 23 (API 1.44)
                 cap_drop=["ALL"], cap_add=list(config.cap_add) or None,
                 read_only=config.read_only or None,
-                mounts=[docker.types.Mount("/tmp", None, type="tmpfs")] if config.read_only else None),
+                mounts=[*([docker.types.Mount("/tmp", None, type="tmpfs")] if config.read_only
+                          else []), *map(_mount, config.volume)] or None),
             restart_policy=docker.types.RestartPolicy(condition="any", delay=0),
             resources=docker.types.Resources(cpu_limit=round(config.cpus * 1e9) or None,
-                                             mem_limit=config.memory or None))
+                                             mem_limit=config.memory or None),
+            networks=[*config.network] or None)
         template["ContainerSpec"]["Healthcheck"] = self._healthcheck()
         self.api.create_service(
             template, name=self.name,
@@ -556,3 +560,11 @@ class TaskEvents:
         self._closed = True
         if self._containers is not None:
             self._containers.close()
+
+
+def _mount(volume: str) -> docker.types.Mount:
+    """--volume's SOURCE:TARGET:MODE as a service's mount: a host folder (on whichever node the
+    task runs) or a named volume (each node's own)."""
+    source, target, mode = volume.split(":")
+    return docker.types.Mount(target, source, type="bind" if source.startswith("/") else "volume",
+                              read_only=mode == "ro")

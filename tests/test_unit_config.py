@@ -56,6 +56,12 @@ def test_options_reach_the_config():
     (["--cpus", "half"], "--cpus must be a number of CPUs, not 'half'"),
     (["--cpus", "-1"], "--cpus must be a number of CPUs such as 0.5 or 2, not -1"),
     (["--cpus", "nan"], "--cpus must be a number of CPUs, not 'nan'"),
+    (["--network", "no such"], "--network 'no such': not a Docker network name"),
+    (["--volume", "data"], "--volume 'data': expected SOURCE:TARGET or SOURCE:TARGET:ro"),
+    (["--volume", "data:/d:rx"], "--volume 'data:/d:rx': the mode must be ro or rw, not 'rx'"),
+    (["--volume", "data:d"], "--volume 'data:d': the path in the container must be absolute"),
+    (["--volume", "my data:/d"], "'my data' is neither a volume name nor a path"),
+    (["--volume", "aa:/d", "--volume", "bb:/d"], "two volumes mount at the same path"),
 ])
 def test_bad_options_give_one_line(argv, message):
     with pytest.raises(UsageError) as error:
@@ -75,6 +81,18 @@ def test_limits_read_as_docker_writes_them():
     config = parse_args(["--memory", "256m", "--cpus", "1.5"])
     assert (config.memory, config.cpus) == (256 << 20, 1.5)
     assert (parse_args([]).memory, parse_args([]).cpus) == (0, 0.0)  # no limit by default
+
+
+def test_networks_and_volumes_read_as_docker_writes_them(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    config = parse_args(["--network", "backend", "--network", "cache", "--network", "backend",
+                         "--volume", "pgdata:/var/lib/data", "--volume", "./uploads:/up:ro",
+                         "--volume", "/srv/static:/static:rw"])
+    assert config.network == ("backend", "cache")
+    assert config.volume == ("pgdata:/var/lib/data:rw", f"{tmp_path}/uploads:/up:ro",
+                             "/srv/static:/static:rw")  # a folder here made absolute, as compose does
+    assert Config.from_env({"NMC_NETWORK": "a,b", "NMC_VOLUME": "vv:/v\n/h:/h:ro"}).volume == \
+        ("vv:/v:rw", "/h:/h:ro")
 
 
 def test_environment_settings_for_gunicorn():
