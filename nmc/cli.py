@@ -24,7 +24,7 @@ nmc-server: N replicas of a Node.js site in Docker, behind one port, relayed rou
 Usage:
   nmc-server [options] [--name NAME] [--image IMAGE] [--max-surge N] [--admin-port PORT]
              [--admin-token-file FILE] [-e KEY=VALUE]... [--cap-add CAP]...
-             [--network NAME]... [--volume SOURCE:TARGET]...
+             [--network NAME]... [--volume SOURCE:TARGET]... [--build-arg KEY=VALUE]...
   nmc-server status [--admin-port PORT] [--name NAME] [--admin-token-file FILE]
   nmc-server scale N [--admin-port PORT] [--name NAME] [--admin-token-file FILE]
   nmc-server rollout [--image IMAGE] [--max-surge N] [--admin-port PORT] [--name NAME]
@@ -43,6 +43,8 @@ Options:
   --build DIR                Build the image from the app folder DIR first (its Dockerfile,
                              or for a Node.js app without one: `npm start` on a Node.js
                              base) and run that; named --image if given, else NAME-app.
+  --build-arg KEY=VALUE      Pass a build argument to --build (repeatable): its Dockerfile's
+                             ARGs, or npm's settings and proxy (NPM_CONFIG_REGISTRY=...).
   --container-port PORT      Port the site listens on inside its container; replicas get
                              it as PORT too [default: 8080].
   -e, --env KEY=VALUE        Set a variable in every replica's environment (repeatable).

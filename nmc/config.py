@@ -52,6 +52,7 @@ class Config:
     balance: str = "roundrobin"  # or "least-conn"
     sticky: bool = False    # cookie-based affinity: a client keeps its replica while it is ready
     build: str = ""         # a folder to build the image from (then named build_image)
+    build_arg: tuple[tuple[str, str], ...] = ()  # --build-arg KEY=VALUE: the build's ARGs
     max_surge: int = 1
     admin_port: int = 3100  # 0: no admin interface
     admin_bind: str = "127.0.0.1"
@@ -140,6 +141,8 @@ class Config:
             raise UsageError(f"--memory {self.memory} bytes is below Docker's least, 6m")
         if self.cpus < 0:
             raise UsageError(f"--cpus must be a number of CPUs such as 0.5 or 2, not {self.cpus:g}")
+        if self.build_arg and not self.build:
+            raise UsageError("--build-arg goes with --build DIR: it is passed to that build")
         if bool(self.certfile) != bool(self.keyfile):
             raise UsageError("--certfile and --keyfile go together: TLS needs the certificate "
                              "and its key")
@@ -181,6 +184,9 @@ class Config:
                 continue  # below, with --env-file
             if f.name == "cap_add":
                 kwargs[f.name] = _read_capabilities(raw)
+                continue
+            if f.name == "build_arg":
+                kwargs[f.name] = _read_build_args(raw)
                 continue
             if f.name == "network":
                 kwargs[f.name] = _read_networks(raw)
@@ -258,6 +264,15 @@ def _items(raw) -> list[str]:
     if isinstance(raw, str):
         raw = re.split(r"[\n,]+", raw)
     return [item.strip() for item in raw or () if item.strip()]
+
+
+def _read_build_args(raw) -> tuple[tuple[str, str], ...]:
+    """--build-arg KEY=VALUE items (a bare KEY takes its value from nmc's own environment, as
+    docker build does)."""
+    args: dict[str, str] = {}
+    for item in raw if isinstance(raw, (list, tuple)) else str(raw).splitlines():
+        _add_env(args, item, f"--build-arg {item!r}")
+    return tuple(args.items())
 
 
 def _read_networks(raw) -> tuple[str, ...]:

@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import socket
 from dataclasses import dataclass, field
 
@@ -46,7 +47,17 @@ API_TIMEOUT = 30  # seconds for one call to the engine
 
 
 class BuildFailed(NmcError):
-    """`--build`: the image could not be built; the message has the build's own error."""
+    """`--build`: the image could not be built; the message has the build's own error, and
+    `output` the build's last lines before it."""
+
+    def __init__(self, message: str, output: list[str] | None = None):
+        super().__init__(message)
+        self.output = output or []
+
+
+# The builder's colour codes (`\x1b[91m`, `\x1b[0m`): a log file is no terminal.
+TERMINAL_CODES = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+BUILD_OUTPUT_KEPT = 50  # lines of a build's output kept to explain its failure
 
 
 class NameTaken(EngineError):
@@ -238,20 +249,24 @@ class Engine:
             raise ImageMissing(f"image {image!r} is not on this Docker engine: {hint}") from None
 
     def build(self, context: str, tag: str, dockerfile: str | None = None,
-              progress=lambda line: None) -> str:
+              progress=lambda line: None, build_args: dict[str, str] | None = None) -> str:
         """Build `context` (a folder) into the image `tag`, passing each line of the build's
-        output to `progress`; the image id. `dockerfile` may lie outside the folder."""
+        output to `progress` (without colour codes); the image id. `dockerfile` may lie outside
+        the folder; `build_args` are its ARGs."""
+        kept: list[str] = []
         try:
             output = self.client.api.build(path=context, tag=tag, dockerfile=dockerfile, rm=True,
-                                           forcerm=True, decode=True)
+                                           forcerm=True, decode=True, buildargs=build_args or None)
             image_id = None
             for chunk in output:
                 if "error" in chunk:
                     raise BuildFailed(f"building {context} failed: "
-                                      f"{' '.join(str(chunk['error']).split())}")
-                for line in str(chunk.get("stream", "")).splitlines():
+                                      f"{' '.join(TERMINAL_CODES.sub('', str(chunk['error'])).split())}",
+                                      kept)
+                for line in TERMINAL_CODES.sub("", str(chunk.get("stream", ""))).splitlines():
                     if line.strip():
                         progress(line.rstrip())
+                        kept = [*kept[-BUILD_OUTPUT_KEPT + 1:], line.strip()]
                 image_id = (chunk.get("aux") or {}).get("ID", image_id)
         except (docker.errors.DockerException, requests.exceptions.RequestException) as e:
             raise BuildFailed(f"building {context} failed: {first_line(e)}") from e

@@ -72,7 +72,8 @@ class NmcServer:
             engine = Engine.connect()
             if self.config.build:
                 with (progress or _no_progress)(f"Building {self.config.build}..."):
-                    build_app(engine, self.config.build, self.config.build_image)
+                    build_app(engine, self.config.build, self.config.build_image,
+                              dict(self.config.build_arg))
                 self.config = dataclasses.replace(self.config, image=self.config.build_image)
             self.engine = engine
             cluster = Cluster(self.config, access_log)
@@ -164,7 +165,8 @@ class NmcServer:
         def roll_out():
             try:
                 if self.config.build:  # --build: what changed is the folder
-                    build_app(self.engine, self.config.build, self.config.image)
+                    build_app(self.engine, self.config.build, self.config.image,
+                              dict(self.config.build_arg))
                 log.info("SIGHUP: %s", self.supervisor.rollout())
             except NmcError as e:
                 log.error("SIGHUP: %s", e)

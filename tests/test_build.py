@@ -61,6 +61,45 @@ def test_a_folder_with_a_dockerfile_is_built_as_it_is(run_nmc, cluster_name, tmp
     assert requests.get(url + "/healthz", timeout=5).status_code == 200
 
 
+def test_build_args_reach_the_build_and_its_output_comes_without_colour_codes(
+        run_nmc, cluster_name, tmp_path, scratch_images):
+    scratch_images.append(f"{cluster_name}:own")
+    (tmp_path / "Dockerfile").write_text(
+        f"FROM {IMAGE}\nARG GREETING\nRUN echo \"said on stderr: $GREETING\" 1>&2\n")
+    process, url = start_built(run_nmc, cluster_name, tmp_path, "--image", f"{cluster_name}:own",
+                               "--build-arg", "GREETING=hello there")
+    process.wait_serving(timeout=120)
+    built = [line for line in process.lines if " build: " in line]
+    # the builder wraps a step's stderr in colour codes (\x1b[91m ... \x1b[0m): not in a log
+    assert any(line.endswith("build: said on stderr: hello there") for line in built), built
+    assert "\x1b" not in process.log
+    assert all(line.split(" build: ", 1)[1].strip() for line in built), built  # no empty lines
+
+
+def test_an_npm_install_that_cannot_reach_its_registry_is_one_line_that_says_what_to_do(
+        run_nmc, cluster_name, tmp_path, scratch_images, docker_client):
+    scratch_images.append(f"{cluster_name}-app")
+    (tmp_path / "package.json").write_text(json.dumps(
+        {"name": "own", "version": "1.0.0", "scripts": {"start": "node app.js"},
+         "dependencies": {"left-pad": "1.3.0"}}))
+    (tmp_path / "app.js").write_text(APP_JS)
+    # a registry nobody answers at (in the build's own network namespace), tried once: the
+    # same words as a machine without the registry, in seconds
+    process, url = start_built(run_nmc, cluster_name, tmp_path,
+                               "--build-arg", "NPM_CONFIG_REGISTRY=http://127.0.0.1:9/",
+                               "--build-arg", "NPM_CONFIG_FETCH_RETRIES=0")
+    assert process.wait_exit(180) == 1
+    errors = [line for line in process.lines if "nmc-server: error:" in line]
+    assert errors == [
+        f"nmc-server: error: building {tmp_path} failed: `npm install` in the build could not "
+        "reach the npm registry (ECONNREFUSED): install the dependencies here first (`npm "
+        f"install --omit=dev` in {tmp_path}; its node_modules is then used as it is), or give "
+        "the build a registry or a proxy it can reach (--build-arg NPM_CONFIG_REGISTRY=... or "
+        "--build-arg HTTPS_PROXY=...)"], process.log_summary()
+    assert "Traceback" not in process.log
+    assert docker_client.containers.list(all=True, filters={"label": f"nmc.cluster={cluster_name}"}) == []
+
+
 @pytest.mark.parametrize("files, message", [
     ({}, "neither a Dockerfile nor a package.json"),
     ({"package.json": '{"name": "x"}'}, 'package.json has no "start" script'),
