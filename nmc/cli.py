@@ -37,8 +37,8 @@ Options:
   -p, --port PORT            Port that clients connect to [default: 3000].
   -b, --bind ADDRESS         Address to listen on [default: 0.0.0.0].
   -n, --replicas N           Number of replicas (containers) to run [default: 2].
-  --base-port PORT           Host port of the first replica; the others follow it
-                             (3001, 3002, ...) [default: 3001].
+  --base-port PORT           Host port of the first replica; the others follow it. By
+                             default the ports after --port: 3001, 3002, ... for 3000.
   --image IMAGE              Docker image of the site [default: nodejs.org].
   --build DIR                Build the image from the app folder DIR first (its Dockerfile,
                              or for a Node.js app without one: `npm start` on a Node.js

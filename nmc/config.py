@@ -206,6 +206,10 @@ class Config:
             else:
                 kwargs[f.name] = str(raw)
         kwargs["env"] = _read_env(values.get("env"), kwargs.get("env_file", ""))
+        if "base_port" not in kwargs and not kwargs.get("swarm"):
+            # the replicas follow the cluster's own port (3001, 3002 ... for 3000, as the
+            # original; 4001, 4002 ... for 4000), so that clusters on other ports do not clash
+            kwargs["base_port"] = kwargs.get("port", cls.port) + 1
         return cls(**kwargs).validate()
 
     @classmethod

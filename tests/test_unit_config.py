@@ -39,7 +39,7 @@ def test_options_reach_the_config():
     (["--check-interval", "0"], "--check-interval must be more than 0 seconds"),
     (["--check-interval", "nan"], "--check-interval must be a number of seconds, not 'nan'"),
     (["--base-port", "65535"], "--base-port 65535 with 2 replicas needs ports up to 65536"),
-    (["-p", "3002"], "--port 3002 falls inside the replicas' ports 3001-3002"),
+    (["-p", "3002", "--base-port", "3001"], "--port 3002 falls inside the replicas' ports 3001-3002"),
     (["--name", "a/b"], "--name 'a/b' is not a valid container name"),
     (["--health-path", "healthz"], "--health-path must start with '/'"),
     (["--bogus"], "unknown option --bogus"),
@@ -75,6 +75,13 @@ def test_bad_options_give_one_line(argv, message):
                                          ("1G", 1 << 30), ("64KB", 64 << 10), ("0", 0)])
 def test_body_sizes_read_as_nginx_writes_them(given, size):
     assert parse_args(["--max-body-size", given]).max_body_size == size
+
+
+def test_the_replicas_ports_follow_the_clusters_own_port_unless_given():
+    assert parse_args([]).replica_ports == [3001, 3002]  # as the original
+    assert parse_args(["-p", "4000", "-n", "3"]).replica_ports == [4001, 4002, 4003]
+    assert parse_args(["-p", "4000", "--base-port", "5000"]).replica_ports == [5000, 5001]
+    assert parse_args(["--swarm", "-p", "4000"]).base_port == 3001  # unused: Swarm picks ports
 
 
 def test_limits_read_as_docker_writes_them():
