@@ -17,6 +17,7 @@ setup(
         "docker>=7.0",
         "docopt-ng>=0.9",
         "prometheus-client>=0.17",
+        "inotify_simple>=2.0",  # --watch (see nmc/watch.py for why this one)
     ],
     extras_require={
         "gunicorn": ["gunicorn>=23"],

@@ -45,6 +45,8 @@ Options:
                              base) and run that; named --image if given, else NAME-app.
   --build-arg KEY=VALUE      Pass a build argument to --build (repeatable): its Dockerfile's
                              ARGs, or npm's settings and proxy (NPM_CONFIG_REGISTRY=...).
+  --watch                    With --build: when a file in DIR changes, rebuild and roll out
+                             (node_modules, .git and .dockerignore's patterns excepted).
   --container-port PORT      Port the site listens on inside its container; replicas get
                              it as PORT too [default: 8080].
   -e, --env KEY=VALUE        Set a variable in every replica's environment (repeatable).

@@ -53,6 +53,7 @@ class Config:
     sticky: bool = False    # cookie-based affinity: a client keeps its replica while it is ready
     build: str = ""         # a folder to build the image from (then named build_image)
     build_arg: tuple[tuple[str, str], ...] = ()  # --build-arg KEY=VALUE: the build's ARGs
+    watch: bool = False     # rebuild and roll out when a file under `build` changes
     max_surge: int = 1
     admin_port: int = 3100  # 0: no admin interface
     admin_bind: str = "127.0.0.1"
@@ -141,6 +142,9 @@ class Config:
             raise UsageError(f"--memory {self.memory} bytes is below Docker's least, 6m")
         if self.cpus < 0:
             raise UsageError(f"--cpus must be a number of CPUs such as 0.5 or 2, not {self.cpus:g}")
+        if self.watch and not self.build:
+            raise UsageError("--watch goes with --build DIR: it rebuilds and rolls out DIR when "
+                             "a file in it changes")
         if self.build_arg and not self.build:
             raise UsageError("--build-arg goes with --build DIR: it is passed to that build")
         if bool(self.certfile) != bool(self.keyfile):

@@ -15,6 +15,7 @@ import time
 from contextlib import nullcontext
 
 import gevent
+import gevent.event
 import gevent.queue
 from gevent.pywsgi import WSGIServer
 
@@ -28,6 +29,7 @@ from nmc.http_server import ErrorLog, ProxyServer, bind_listener
 from nmc.logs import follow_live
 from nmc.proxy import open_access_log
 from nmc.supervisor import Supervisor
+from nmc.watch import watch
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +52,8 @@ class NmcServer:
         self.admin: WSGIServer | None = None
         self.tls: ssl.SSLContext | None = None  # --certfile
         self._replica_logs: gevent.Greenlet | None = None  # --logs
+        self._watching: gevent.Greenlet | None = None  # --watch
+        self._stop_watching = gevent.event.Event()
 
     def run(self, progress=None) -> int:
         """Start the cluster and serve until SIGINT/SIGTERM; returns the exit code.
@@ -101,11 +105,18 @@ class NmcServer:
                          self.config.admin_bind, self.config.admin_port)
             if self.config.logs:
                 self._replica_logs = gevent.spawn(follow_live, engine, self.config.name, time.time())
+            if self.config.watch:
+                self._watching = gevent.spawn(watch, self.config.build,
+                                              lambda changed: self._rebuild_and_roll_out("watch"),
+                                              self._stop_watching)
             while self.http is not None:
                 getattr(self, "handle_" + self.signals.get().lower())()
             return 0
         finally:
             listener.close()
+            self._stop_watching.set()
+            if self._watching is not None:
+                self._watching.kill()
             if self._replica_logs is not None:
                 self._replica_logs.kill()
             if self.admin is not None:
@@ -162,20 +173,24 @@ class NmcServer:
             except NmcError as e:
                 log.error("SIGHUP: %s; the certificate in use stays", e)
 
-        def roll_out():
-            try:
-                if self.config.build:  # --build: what changed is the folder
-                    build_app(self.engine, self.config.build, self.config.image,
-                              dict(self.config.build_arg))
-                log.info("SIGHUP: %s", self.supervisor.rollout())
-            except NmcError as e:
-                log.error("SIGHUP: %s", e)
-        gevent.spawn(roll_out)
+        gevent.spawn(self._rebuild_and_roll_out, "SIGHUP")
+
+    def _rebuild_and_roll_out(self, why: str) -> None:
+        """--build: the folder built again; then a rollout of the image. A failure of either is
+        one line, and the replicas keep serving what they run."""
+        try:
+            if self.config.build:  # --build: what changed is the folder
+                build_app(self.engine, self.config.build, self.config.image,
+                          dict(self.config.build_arg))
+            log.info("%s: %s", why, self.supervisor.rollout())
+        except NmcError as e:
+            log.error("%s: %s; the replicas keep serving the image they run", why, e)
 
     def _stop(self) -> None:
         """Stop accepting, let in-flight requests finish (bounded), then stop the replicas; a
         second signal meanwhile cuts the wait short."""
         http, self.http = self.http, None
+        self._stop_watching.set()  # no rollout begins while stopping
         log.info("stopping: no new connections; in-flight requests get up to %gs",
                  self.config.graceful_timeout)
         draining = gevent.spawn(http.drain, self.config.graceful_timeout)

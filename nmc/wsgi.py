@@ -38,6 +38,8 @@ NOT_UNDER_GUNICORN = {
     "keyfile": "gunicorn's own --certfile and --keyfile serve TLS",
     "build": "build the image first (docker build, or ./nmc_server.py --build DIR once) and "
              "give NMC_IMAGE",
+    "watch": "rebuild the image and send gunicorn's master SIGHUP, or use ./nmc_server.py "
+             "--build DIR --watch",
 }
 
 def create_app(**options) -> Proxy:
