@@ -33,6 +33,16 @@ CHAOS_ARGS ?=
 chaos: venv nodejs
 	$(PY) scripts/chaos.py $(CHAOS_ARGS)
 
+## a bounded soak against a cluster of its own: keep-alive and fresh-connection GETs, PUT and POST
+## uploads, streamed answers and WebSocket sessions at once, while a replica is killed every 20 s,
+## one is paused, the cluster scaled up and down and rolled out; nmc's RSS, fds, greenlets and
+## connections, the containers and docker-proxies sampled every 10 s and judged on growth; a report
+## in bench/results/ (10 min; SOAK_MINUTES=3 for 3; QUICK=1 for 1 min, each fault once)
+SOAK_MINUTES ?=
+.PHONY: soak
+soak: venv nodejs
+	SOAK_MINUTES=$(SOAK_MINUTES) $(PY) scripts/soak.py $(if $(QUICK),--quick)
+
 ## a swarm of three nodes on this machine, for real (as root): three dockerds, each in a network
 ## namespace of its own on the bridge nmclab0 (10.213.0.0/24), make one swarm; a service of 6 tasks
 ## spreads over them and answers; node 3's dockerd is killed and its tasks answer again on the

@@ -15,7 +15,10 @@ MAX_RATE = 20000  # requests per second per client: an upper bound on every load
 class Clients:
     """`clients` threads, each with a requests session of its own, calling
     self.one(session, index, number) until halt(), until `duration` seconds passed, or
-    duration x MAX_RATE requests each. trust_env False: no proxy from the environment."""
+    duration x MAX_RATE requests each. trust_env False: no proxy from the environment. `pace`:
+    seconds each client waits after each request (0: none; a soak's steady load)."""
+
+    pace = 0.0
 
     def __init__(self, clients: int, daemon: bool = True, trust_env: bool = True):
         self.clients, self.trust_env = clients, trust_env
@@ -61,6 +64,8 @@ class Clients:
                 if self.halted.is_set() or time.monotonic() >= self.end:
                     break
                 self.one(session, index, number)
+                if self.pace:
+                    self.halted.wait(self.pace)
         finally:
             session.close()
 

@@ -70,6 +70,42 @@ def rss_mib(pids: list[int]) -> float:
     return rss_kib(pids) / 1024
 
 
+def fd_kinds(pid: int) -> dict[str, int]:
+    """A process's open fds by what they are: tcp and unix sockets (other sockets: socket), pipe,
+    anon_inode (epoll, eventfd ...), file; {} when it is gone."""
+    kinds: dict[str, int] = {}
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return kinds
+    targets = []
+    for fd in fds:
+        try:
+            targets.append(os.readlink(f"/proc/{pid}/fd/{fd}"))
+        except OSError:  # closed meanwhile
+            pass
+    net = {}
+    for table in ("tcp", "tcp6", "unix"):
+        try:
+            lines = Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]
+        except OSError:
+            continue
+        column = 6 if table == "unix" else 9
+        kind = "unix" if table == "unix" else "tcp"
+        for line in lines:
+            fields = line.split()
+            if len(fields) > column and fields[column].isdigit():
+                net[fields[column]] = kind
+    for target in targets:
+        kind = target.split(":", 1)[0]
+        if kind == "socket":
+            kind = net.get(target[8:-1], "socket") + (" socket" if target[8:-1] in net else "")
+        elif kind not in ("pipe", "anon_inode"):
+            kind = "file"
+        kinds[kind] = kinds.get(kind, 0) + 1
+    return dict(sorted(kinds.items()))
+
+
 def machine_ticks() -> tuple[int, int]:
     """(busy, total) CPU ticks of the whole machine so far (all CPUs; iowait counts as idle)."""
     v = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:9]]
@@ -87,6 +123,12 @@ def machine_seconds() -> tuple[float, float] | None:
 
 def docker_proxy_pids(port: int) -> list[int]:
     """Docker's userland proxy processes publishing host port PORT."""
+    return [pid for pid, _ in docker_proxies({port})]
+
+
+def docker_proxies(ports: set[int] | None = None) -> list[tuple[int, int]]:
+    """(pid, host port) of Docker's userland proxy processes, those publishing one of `ports`
+    (every one when None), in one pass over /proc."""
     out = []
     for d in os.listdir("/proc"):
         if not d.isdigit():
@@ -97,6 +139,10 @@ def docker_proxy_pids(port: int) -> list[int]:
             continue
         if argv and argv[0].endswith(b"docker-proxy") and b"-host-port" in argv:
             i = argv.index(b"-host-port")
-            if i + 1 < len(argv) and argv[i + 1] == str(port).encode():
-                out.append(int(d))
+            try:
+                port = int(argv[i + 1])
+            except (IndexError, ValueError):
+                continue
+            if ports is None or port in ports:
+                out.append((int(d), port))
     return out

@@ -1,7 +1,7 @@
 """The admin interface: a second listener (127.0.0.1:3100 by default), never the public port.
 
     GET  /          the live dashboard (nmc/dashboard.html: one page, no outside resources)
-    GET  /status    the cluster as JSON: settings, each replica, totals
+    GET  /status    the cluster as JSON: settings, each replica, totals, this process's figures
     GET  /metrics   Prometheus text format (nmc.metrics)
     POST /scale     {"replicas": N}: grow or shrink the pool (answers when done)
     POST /rollout   {"image": "name"} (optional): zero-downtime rolling update (answers when done)
@@ -21,7 +21,7 @@ from typing import Callable, Protocol
 
 import requests
 
-from nmc import metrics
+from nmc import metrics, process_stats
 from nmc.admin_auth import Guard
 from nmc.config import Config
 from nmc.counters import RelayCounters
@@ -157,6 +157,9 @@ class AdminApp:
                 "errors": sum(r["errors"] for r in replicas),
                 "restarts": sum(r["restarts"] for r in replicas),
             },
+            "process": process_stats.snapshot(
+                replica_ports={r.address.port for r in self.control.pool if r.address},
+                skip_ports=(self.config.admin_port,)),
         }
 
     def scale(self, environ) -> dict:
@@ -298,6 +301,8 @@ def format_status(status: dict) -> str:
     lines.append(f"cluster {status['cluster']}: {totals['ready']}/{totals['replicas']} ready, "
                  f"image {status['image']}, {totals['requests']} requests, "
                  f"{totals['errors']} errors, {totals['restarts']} restarts")
+    if status.get("process"):
+        lines.append(format_process(status["process"]))
     return "\n".join(lines)
 
 
@@ -307,6 +312,16 @@ def _last_exit(replica: dict) -> str:
         return "-"
     code = "-" if replica["last_exit_code"] is None else str(replica["last_exit_code"])
     return f"{code} (out of memory)" if out_of_memory else code
+
+
+def format_process(process: dict) -> str:
+    """/status's process section in one line."""
+    def by_state(counts: dict) -> str:
+        return " + ".join(f"{n} {state}" for state, n in counts.items()) or "none"
+    return (f"process {process['pid']}: RSS {process['rss_bytes'] / 2**20:.1f} MiB, "
+            f"{process['open_fds']} fds, {process['greenlets']} greenlets, clients "
+            f"{by_state(process['client_connections'])}, replicas "
+            f"{by_state(process['replica_connections'])}, up {_duration(process['uptime_seconds'])}")
 
 
 def _duration(seconds: float) -> str:

@@ -23,7 +23,7 @@ import docker
 import pytest
 import requests
 
-from wsproto import FrameReader, frame
+from harness.wsproto import FrameReader, frame
 
 IMAGE = os.environ.get("NMC_SITE_IMAGE", "nodejs.org")
 REPLICA = "site-test"

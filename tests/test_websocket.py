@@ -6,7 +6,6 @@ written here talks to it through nmc, so every byte crosses the tunnel both ways
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import os
 import re
@@ -19,45 +18,15 @@ from urllib.parse import urlsplit
 import pytest
 
 from conftest import free_port_block, get, wait_until
-from wsproto import FrameReader, frame
+from harness.wsproto import (BINARY, CLOSE, PING, PONG, TEXT, FrameReader, accept_for, frame,
+                             handshake_request, read_head)
 
-WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 MiB = 1024 * 1024
-TEXT, BINARY, CLOSE, PING, PONG = 0x1, 0x2, 0x8, 0x9, 0xA
 FORWARDED = re.compile(r"Forwarding request to port: (\d+)$")
 
 
 # ------------------------------------------------------------------------------------------------
 # a minimal WebSocket client
-
-
-def handshake_request(port: int, path: str = "/ws", key: str | None = None,
-                      upgrade: str = "websocket") -> tuple[bytes, str]:
-    key = key or base64.b64encode(os.urandom(16)).decode()
-    request = (f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: {upgrade}\r\n"
-               f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-               f"Sec-WebSocket-Version: 13\r\n\r\n").encode()
-    return request, key
-
-
-def accept_for(key: str) -> str:
-    return base64.b64encode(hashlib.sha1((key + WS_GUID).encode()).digest()).decode()
-
-
-def read_head(sock: socket.socket, buf: bytes = b""):
-    """(status, headers with lower-case names, the raw head, leftover bytes)."""
-    while b"\r\n\r\n" not in buf:
-        chunk = sock.recv(65536)
-        assert chunk, f"connection closed before the end of the answer head: {buf!r}"
-        buf += chunk
-    head, _, rest = buf.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    headers: dict[str, str] = {}
-    for line in lines[1:]:
-        name, _, value = line.partition(":")
-        name = name.strip().lower()
-        headers[name] = headers[name] + ", " + value.strip() if name in headers else value.strip()
-    return int(lines[0].split(" ")[1]), headers, head, rest
 
 
 class WsClient(FrameReader):

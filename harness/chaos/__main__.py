@@ -9,15 +9,15 @@ import signal
 import sys
 import time
 import uuid
+from typing import Callable
 
 import docker
 import docker.errors
 import requests
 
-from harness import ROOT
 from harness.chaos.actions import Chaos, make_schedule
 from harness.chaos.changes import Changes, build_derived, changes_sequence
-from harness.chaos.common import (CHANGES_LIMIT, RESULTS, SITE_IMAGE, Interrupted, engine, log,
+from harness.chaos.common import (CHANGES_LIMIT, SITE_IMAGE, Interrupted, engine, log, publish,
                                   short_id, swarm_problem)
 from harness.chaos.load import Load
 from harness.chaos.report import report, verdict
@@ -96,6 +96,24 @@ class Signals:
             return
         raise Interrupted(self.name)
 
+    def guard(self, run, work: Callable[[], int | None], clean: Callable[[], None]) -> int | None:
+        """work(), then clean() whatever happened: an interruption or an error is noted in the
+        run (and said), not raised. What work() returned (an exit code that skips the report)."""
+        try:
+            return work()
+        except Interrupted as e:
+            run.interrupted = str(e)
+            log(f"interrupted ({e}): stopping the load and removing the cluster")
+        except Exception as e:  # whatever it is, the cluster is removed and the report says it
+            run.error = f"{type(e).__name__}: {e}"
+            log(f"error: {run.error}; removing the cluster")
+        finally:
+            self.cleaning = True
+            clean()
+            if self.count and not run.interrupted:
+                run.interrupted = self.name
+        return None
+
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
@@ -108,7 +126,9 @@ def main(argv: list[str] | None = None) -> int:
     client = None
     if args.swarm and swarm_refused():  # before anything is made: nothing to clean up, no report
         return 2
-    try:
+
+    def work() -> int | None:
+        nonlocal client
         try:
             client = engine()
             client.ping()
@@ -125,17 +145,11 @@ def main(argv: list[str] | None = None) -> int:
             run_changes(run, client)
         else:
             run_chaos(run, client)
-    except Interrupted as e:
-        run.interrupted = str(e)
-        log(f"interrupted ({e}): stopping the load and removing the cluster")
-    except Exception as e:
-        run.error = f"{type(e).__name__}: {e}"
-        log(f"error: {run.error}; removing the cluster")
-    finally:
-        signals.cleaning = True
-        clean_up(run, client)
-        if signals.count and not run.interrupted:
-            run.interrupted = signals.name
+        return None
+
+    code = signals.guard(run, work, lambda: clean_up(run, client))
+    if code is not None:
+        return code
     return finish(run)
 
 
@@ -192,15 +206,7 @@ def run_chaos(run: Run, client: docker.DockerClient) -> None:
 
 def finish(run: Run) -> int:
     """The report, printed and written to bench/results/; the verdict; the exit code."""
-    text = report(run)
-    print(text, flush=True)
-    try:
-        RESULTS.mkdir(parents=True, exist_ok=True)
-        path = RESULTS / f"chaos-{run.began_wall:%Y%m%dT%H%M%SZ}.md"
-        path.write_text(text)
-        log(f"report written to {path.relative_to(ROOT)}")
-    except OSError as e:
-        log(f"could not write the report: {e}")
+    publish(report(run), "chaos", run.began_wall, log)
     code, reasons = verdict(run)
     log(f"leaked containers: {len(run.leaked) if run.leak_checked else 'unknown'}")
     log(f"{'PASS' if code == 0 else 'FAIL'} in {time.monotonic() - run.began:.1f}s"

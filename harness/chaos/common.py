@@ -50,6 +50,18 @@ def log(message: str) -> None:
     print(f"chaos: {message}", file=sys.stderr, flush=True)
 
 
+def publish(text: str, kind: str, began_wall, say) -> None:
+    """A run's report: printed, and written to bench/results/<kind>-<UTC time>.md (said by `say`)."""
+    print(text, flush=True)
+    try:
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        path = RESULTS / f"{kind}-{began_wall:%Y%m%dT%H%M%SZ}.md"
+        path.write_text(text)
+        say(f"report written to {path.relative_to(ROOT)}")
+    except OSError as e:
+        say(f"could not write the report: {e}")
+
+
 def percentile(ordered: list[float], q: float) -> float | None:
     """Nearest-rank percentile of an already sorted list."""
     if not ordered:

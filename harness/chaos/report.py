@@ -73,6 +73,11 @@ def verdict(run: Run) -> tuple[int, list[str]]:
                 reasons.append(f"phase {index} ({change.title}): {change.error or change.check}")
             elif change.started is None:
                 reasons.append(f"phase {index} ({change.title}) did not run")
+    return conclude(run, reasons)
+
+
+def conclude(run, reasons: list[str]) -> tuple[int, list[str]]:
+    """The exit code of a run (chaos, soak) with these reasons to fail: 130 when interrupted."""
     if run.image_error:
         reasons.append(run.image_error)
     if run.interrupted:

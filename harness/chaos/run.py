@@ -195,6 +195,12 @@ def load_and_chaos(run: Run) -> None:
 def clean_up(run: Run, client) -> None:
     """Stop the clients and the measurements (bounded), SIGTERM nmc, then check for and remove
     whatever of the cluster is left. Runs whatever happened before."""
+    stop_run(run)
+    remove_leftovers(run, client)
+
+
+def stop_run(run: Run) -> None:
+    """Stop the clients and the measurements (bounded), then nmc (SIGTERM)."""
     began = time.monotonic()
     if run.load is not None:
         run.load.join(began + run.args.timeout + 1)  # a request in flight ends within its timeout
@@ -207,6 +213,11 @@ def clean_up(run: Run, client) -> None:
         stopping = time.monotonic()
         run.nmc.stop()
         run.phases["stop nmc"] = time.monotonic() - stopping
+
+
+def remove_leftovers(run: Run, client) -> None:
+    """What of the cluster is left once nmc stopped: checked for (run.leaked) and removed; the
+    image built for --changes removed."""
     # The engine may be away for a moment (restarted by someone else): try again, for a while.
     deadline = time.monotonic() + ENGINE_WAIT
     for attempt in range(int(ENGINE_WAIT) + 1):

@@ -1,9 +1,46 @@
-"""RFC 6455 framing for the tests' own raw-socket WebSocket clients (test_site, test_websocket)."""
+"""RFC 6455 for raw-socket WebSocket clients (tests/test_site.py, tests/test_websocket.py, the
+soak's sessions): the opening handshake, framing, reading a server's frames."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import os
+import socket
 import struct
+
+WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+TEXT, BINARY, CLOSE, PING, PONG = 0x1, 0x2, 0x8, 0x9, 0xA
+
+
+def handshake_request(port: int, path: str = "/ws", key: str | None = None,
+                      upgrade: str = "websocket") -> tuple[bytes, str]:
+    key = key or base64.b64encode(os.urandom(16)).decode()
+    request = (f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: {upgrade}\r\n"
+               f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+               f"Sec-WebSocket-Version: 13\r\n\r\n").encode()
+    return request, key
+
+
+def accept_for(key: str) -> str:
+    return base64.b64encode(hashlib.sha1((key + WS_GUID).encode()).digest()).decode()
+
+
+def read_head(sock: socket.socket, buf: bytes = b""):
+    """(status, headers with lower-case names, the raw head, leftover bytes)."""
+    while b"\r\n\r\n" not in buf:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError(f"connection closed before the end of the answer head: {buf[:200]!r}")
+        buf += chunk
+    head, _, rest = buf.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        name = name.strip().lower()
+        headers[name] = headers[name] + ", " + value.strip() if name in headers else value.strip()
+    return int(lines[0].split(" ")[1]), headers, head, rest
 
 
 def mask_bytes(payload: bytes, key: bytes) -> bytes:
