@@ -120,6 +120,7 @@ PM2_LIMIT = 60.0
 NMC_START_LIMIT = 120.0
 NMC_STOP_LIMIT = 30.0
 GUNICORN_STOP_LIMIT = 45.0  # its graceful timeout (30 s) + removing the replicas
+ENGINE_PATIENCE = 90.0  # seconds the clean-up waits for an engine that does not answer
 BIG_MIB = 10
 IDLE_CONNS = 5000
 FLAT_MIB = 10.0  # "flat" RSS during the 10 MiB runs: it grew by less than one body
@@ -487,7 +488,9 @@ class Run:
             if cfg not in self.procs:
                 continue
             self.stop_and_wait(cfg, limit, stopping.get(cfg))
-            left = remove_labelled(cluster)
+            # with the patience for an engine being restarted (others' tests do that here), in
+            # which nmc's own removal fails and live-restore keeps the replicas running
+            left = remove_labelled(cluster, patience=ENGINE_PATIENCE)
             self.leftovers[cluster] = left
             if left:
                 log(f"{left} container(s) of cluster {cluster} left after {cfg} stopped: removed")
