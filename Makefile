@@ -80,9 +80,10 @@ clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
 
 ## the benchmark: nmc (and nmc under gunicorn -w 2) against direct, nginx, a naive gevent+requests
-## relay, PM2 and node http-proxy: small GETs, 10 MiB GET and POST, RSS (also with 5,000 idle
-## connections), start-up time of 1 and 8 replicas; one bounded run (~9-10 min; QUICK=1 ~2.5 min),
-## one table with the targets in bench/results/: make bench [QUICK=1] [BENCH_ARGS="--reps 5"]
+## relay, PM2 and node http-proxy, and nmc and nginx over HTTPS: small GETs, 10 MiB GET and POST,
+## RSS (also with 5,000 idle connections), start-up time of 1 and 8 replicas; one bounded run
+## (~10-11 min; QUICK=1 ~2.5 min), one table with the targets in bench/results/:
+## make bench [QUICK=1] [BENCH_ARGS="--reps 5"]
 BENCH_ARGS ?=
 .PHONY: bench
 bench: venv nodejs

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """`make bench`: nmc against the limit (direct), nginx, a naive gevent + requests relay, nmc under
-gunicorn, PM2 and node's http-proxy, in one bounded run on one machine; one markdown table (with
-the issue's targets, met or not, under it) printed and written to bench/results/bench-<UTC time>.md.
+gunicorn, PM2 and node's http-proxy, and nmc and nginx over HTTPS, in one bounded run on one
+machine; one markdown table (with the issue's targets, met or not, under it) printed and written
+to bench/results/bench-<UTC time>.md.
 
 Configs (all but pm2-i2 and gunicorn-w2 relay to the SAME two replicas, those of `nmc`):
   `nmc`         ./nmc_server.py --name nmc-bench-<rand> --bind 127.0.0.1 --port P --base-port B -n 2 -q
@@ -14,16 +15,25 @@ Configs (all but pm2-i2 and gunicorn-w2 relay to the SAME two replicas, those of
   `pm2-i2`      PM2 cluster mode running the site itself (nodejs/server.js -i 2, no containers,
                 no docker-proxy: an anchor, not a like-for-like)
   `http-proxy`  bench/node/hp_proxy.js (npm http-proxy 1.18.1, keep-alive agent)
+  `nmc-tls`     ./nmc_server.py --name <nmc's> --port T --base-port B -n 2 -q --keep --admin-port 0
+                --certfile C --keyfile K: a second nmc that adopts nmc's two replicas (same name,
+                same settings) and, with --keep, leaves them to nmc on exit; stopped before nmc
+  `nginx-tls`   nginx-w1's configuration with `listen ... ssl` and NGINX_TLS (Mozilla's
+                "intermediate": TLS 1.2 and 1.3, shared session cache 10m, no tickets)
+C and K: a self-signed ECDSA P-256 certificate for localhost and 127.0.0.1 that the run makes with
+openssl in its temp folder (removed with it).
 pm2@7 and http-proxy@1.18.1 are `npm install`ed into the run's temp folder (PM2_HOME there too);
 without node/npm, or without gunicorn / nmc/wsgi.py, those configs are written as skipped.
 
 Loads, per config (wrk -t1): GET /healthz at -c64 and -c256 (--latency); GET /big?mb=10 and
-POST /echo with a 10 MiB body (wrk Lua script), both at -c4. A warm-up (wrk -c256 /healthz)
-first, then --reps interleaved repetitions (every config at c64, then c256, GET 10 MiB, POST
-10 MiB; the order of the configs rotated each repetition), medians. Each repetition ends with
-the start-up test: ./nmc_server.py -n 1 and -n 8 (throwaway cluster, free ports, image already
-built) from process start to its "serving on" line, and `docker run` x1 / x8 alone (the floor),
-in alternating order; all their containers removed.
+POST /echo with a 10 MiB body (wrk Lua script), both at -c4. The TLS configs: GET /healthz at
+-c64 only, kept alive and with a new connection per request ("fresh": -H 'Connection: close', so
+a full TLS handshake each, wrk resumes no session); no idle test (bench/idle_conns.py speaks
+plain HTTP). A warm-up (wrk -c256 /healthz) first, then --reps interleaved repetitions (every
+config at c64, then c256, GET 10 MiB, POST 10 MiB, fresh; the order of the configs rotated each
+repetition), medians. Each repetition ends with the start-up test: ./nmc_server.py -n 1 and -n 8
+(throwaway cluster, free ports, image already built) from process start to its "serving on" line,
+and `docker run` x1 / x8 alone (the floor), in alternating order; all their containers removed.
 After the repetitions: RSS after load, then per proxy the idle test (bench/idle_conns.py: 5,000
 keep-alive client connections that did one request each, held idle; RSS and kB per connection).
 
@@ -33,18 +43,20 @@ proxies and of the replicas' node processes; MiB/s of the 10 MiB transfers (good
 10 MiB / s); RSS of the proxy's tree at start, after load, its peak during the 10 MiB runs
 (sampled every 0.1 s) and with 5,000 idle connections; ratios to nginx-w1 from the same run.
 
-Duration: a full run is 7 configs x 4 loads x --reps 3 x --duration 5 s = 420 s of wrk, plus
-~0.3 s per wrk run (84 runs), warm-up 7 x 2 s, start-up tests 3 x ~7 s, idle tests 6 x 5-17 s
-(held 3 s), set-up (npm install ~10 s, up to 60 s on a cold npm cache) and stopping (~5 s):
-about 9-10 minutes (measured: 539 s on the 2-core dev VM, busy with other work). --quick: 1
-repetition of 2 s runs (56 s of wrk), warm-up 7 x 1 s, one start-up test, idle tests held 1 s:
-about 2.5 minutes (measured: 128 to 154 s; the idle tests are half of it). An apt-get install of wrk/nginx on a fresh
-machine comes on top, once.
+Duration: a full run is (7 configs x 4 loads + 2 TLS configs x 2 loads) x --reps 3 x --duration
+5 s = 480 s of wrk, plus ~0.3 s per wrk run (96 runs), warm-up 9 x 2 s, start-up tests 3 x ~7 s,
+idle tests 6 x 5-17 s (held 3 s), set-up (npm install ~10 s, up to 60 s on a cold npm cache) and
+stopping (~5 s): about 10-11 minutes (measured: 539 s on the 2-core dev VM, busy with other work,
+before the TLS configs, which add ~70 s). --quick: 1 repetition of 2 s runs (64 s of wrk),
+warm-up 9 x 1 s, one start-up test, idle tests held 1 s: about 2.5 minutes (measured: 128 to
+154 s before the TLS configs, which add ~12 s; the idle tests are half of it). An apt-get install
+of wrk/nginx on a fresh machine comes on top, once.
 
 Everything started here is stopped at the end by PID (try/finally, also on Ctrl-C / SIGTERM):
-PM2 with `pm2 kill` (then SIGKILL by PID for any of its daemon/workers left), wrk, nginx, the
-naive relay, http-proxy, gunicorn (SIGTERM to the master) and nmc (SIGTERM); both remove their
-replicas, and the run then removes any container still labelled with their cluster names.
+PM2 with `pm2 kill` (then SIGKILL by PID for any of its daemon/workers left), wrk, both nginx, the
+naive relay, http-proxy, nmc-tls (SIGTERM, first), gunicorn (SIGTERM to the master) and nmc
+(SIGTERM); both remove their replicas, and the run then removes any container still labelled with
+their cluster names, and the temp folder (certificate and key included).
 
 Needs wrk and nginx (installed with apt-get when missing and run as root), Docker, the
 nodejs.org image and .venv (make bench does venv + nodejs first).
@@ -60,6 +72,8 @@ import re
 import resource
 import shutil
 import signal
+import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -76,19 +90,37 @@ from harness.procfs import (CLK_TCK, alive, docker_proxy_pids, machine_ticks, rs
                             rss_mib, stat_fields, ticks, tree)
 from idle_conns import idle_test  # noqa: E402
 from nmc.containers import LABEL_CLUSTER  # noqa: E402
+from report import TLS_CONFIGS  # noqa: E402
 from startup_time import admin_args, labelled, remove_labelled, time_docker, time_nmc  # noqa: E402
 
 BENCH = ROOT / "bench"
 RESULTS = BENCH / "results"
-CONFIGS = ("direct", "nginx-w1", "naive", "nmc", "gunicorn-w2", "pm2-i2", "http-proxy")
+CONFIGS = ("direct", "nginx-w1", "naive", "nmc", "gunicorn-w2", "pm2-i2", "http-proxy", "nmc-tls",
+           "nginx-tls")
 NODE_CONFIGS = ("pm2-i2", "http-proxy")  # need node + npm (pm2, http-proxy from the registry)
-LOADS = ("c64", "c256", "get10", "post10")
+PLAIN_LOADS = ("c64", "c256", "get10", "post10")
+TLS_LOADS = ("c64", "fresh")  # fresh: a new connection (so a TLS handshake) per request
+LOADS = (*PLAIN_LOADS, "fresh")
+# Mozilla's "intermediate" server settings (ssl-config.mozilla.org, nginx), without the DHE
+# suites (no dhparam file): TLS 1.2 and 1.3, a shared session cache, no session tickets
+TLS12_SUITES = ":".join(f"ECDHE-{key}-{cipher}" for cipher in ("AES128-GCM-SHA256",
+                        "AES256-GCM-SHA384", "CHACHA20-POLY1305") for key in ("ECDSA", "RSA"))
+NGINX_TLS = f"""        ssl_certificate @CERT@;
+        ssl_certificate_key @KEY@;
+        ssl_protocols TLSv1.2 TLSv1.3;
+        ssl_ciphers {TLS12_SUITES};
+        ssl_prefer_server_ciphers off;
+        ssl_session_cache shared:MozSSL:10m;
+        ssl_session_timeout 1d;
+        ssl_session_tickets off;"""
+CERT_KEY = "ECDSA P-256"  # certbot's default key since 2.0
 NPM_PACKAGES = ("pm2@7", "http-proxy@1.18.1")
 NPM_LIMIT = 300.0
 PM2_LIMIT = 60.0
 NMC_START_LIMIT = 120.0
 NMC_STOP_LIMIT = 30.0
 GUNICORN_STOP_LIMIT = 45.0  # its graceful timeout (30 s) + removing the replicas
+ENGINE_PATIENCE = 90.0  # seconds the clean-up waits for an engine that does not answer
 BIG_MIB = 10
 IDLE_CONNS = 5000
 FLAT_MIB = 10.0  # "flat" RSS during the 10 MiB runs: it grew by less than one body
@@ -108,12 +140,13 @@ def log(msg: str) -> None:
 
 
 def wait_http(port: int, limit: float, proc: subprocess.Popen | None = None,
-              in_a_row: int = 1) -> bool:
-    """Until IN_A_ROW GETs of /healthz in a row (each on a new connection) answer 2xx."""
+              in_a_row: int = 1, context: ssl.SSLContext | None = None) -> bool:
+    """Until IN_A_ROW GETs of /healthz in a row (each on a new connection; over TLS with
+    CONTEXT) answer 2xx."""
     deadline = time.monotonic() + limit
     good = 0
     while time.monotonic() < deadline:
-        good = good + 1 if http_ok(port) else 0
+        good = good + 1 if http_ok(port, context=context) else 0
         if good >= in_a_row:
             return True
         if proc is not None and proc.poll() is not None:
@@ -189,6 +222,8 @@ def load_args(load: str, dur: float, lua: Path) -> tuple[list[str], str]:
     """wrk options and URL path of one load."""
     if load in ("c64", "c256"):
         return ["-t1", f"-{load}", f"-d{dur:g}s", "--latency"], "/healthz"
+    if load == "fresh":  # the server closes after each answer; wrk connects again
+        return ["-t1", "-c64", f"-d{dur:g}s", "--latency", "-H", "Connection: close"], "/healthz"
     big = ["-t1", "-c4", f"-d{dur:g}s", "--latency", "--timeout", "30s"]
     if load == "get10":
         return big, f"/big?mb={BIG_MIB}"
@@ -206,6 +241,7 @@ class Run:
         self.procs: dict[str, subprocess.Popen] = {}
         self.port: dict[str, int] = {}
         self.commands: dict[str, str] = {}
+        self.logs: dict[str, str] = {}  # config -> its log file in TMP
         self.wrk: subprocess.Popen | None = None
         self.name = "nmc-bench-%06x" % random.SystemRandom().randrange(16**6)
         self.g_name = self.name + "-g"
@@ -217,20 +253,55 @@ class Run:
         self.pm2_workers: list[int] = []
         self.pm2_stop: str = "not started"
         self.versions: dict[str, str] = {}
+        self.cert = self.key = self.client_tls = None  # make_cert
+        self.tls: dict[str, str] = {}  # what a client negotiated with each TLS config
 
     def start(self, name: str, argv: list[str], port: int, display: str, log_name: str, **kw) -> None:
         self.commands[name] = display
         self.port[name] = port
+        self.logs[name] = log_name
         with open(self.tmp / log_name, "wb") as out:
             self.procs[name] = subprocess.Popen(argv, cwd=ROOT, stdin=subprocess.DEVNULL,
                                                 stdout=out, stderr=subprocess.STDOUT,
                                                 **own_session(), **kw)
 
-    def start_nmc(self, port: int, base: int, admin: int) -> None:
+    def start_nmc(self, cfg: str, port: int, base: int, *more: str) -> None:
         argv = ["./nmc_server.py", "--name", self.name, "--bind", "127.0.0.1", "--port", str(port),
-                "--base-port", str(base), "-n", "2", "-q", *admin_args(admin)]
-        self.start("nmc", [sys.executable, *argv], port, " ".join(argv), "nmc.log",
+                "--base-port", str(base), "-n", "2", "-q", *more]
+        self.start(cfg, [sys.executable, *argv], port,
+                   " ".join(argv).replace(str(self.tmp), "TMP"), f"{cfg}.log",
                    env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+    def make_cert(self) -> str | None:
+        """A self-signed certificate for localhost and 127.0.0.1 (CERT_KEY) and its key in
+        TMP/tls, removed with TMP, and a client context that trusts it; None when done, else
+        why not."""
+        d = self.tmp / "tls"
+        d.mkdir()
+        self.cert, self.key = d / "cert.pem", d / "key.pem"
+        argv = ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", str(self.key), "-out",
+                str(self.cert), "-days", "2", "-subj", "/CN=localhost",
+                "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"]
+        self.commands["certificate"] = " ".join(argv).replace(str(self.tmp), "TMP")
+        self.cert_key = CERT_KEY
+        try:
+            r = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            return f"openssl: {e}"
+        if r.returncode != 0:
+            return "openssl req failed: " + r.stderr[-300:].replace("\n", " ")
+        self.client_tls = ssl.create_default_context(cafile=str(self.cert))
+        return None
+
+    def tls_of(self, cfg: str) -> str:
+        """What a default client (Python's ssl, OpenSSL as wrk's) negotiates with CFG."""
+        try:
+            with socket.create_connection(("127.0.0.1", self.port[cfg]), timeout=5) as raw, \
+                    self.client_tls.wrap_socket(raw, server_hostname="127.0.0.1") as s:
+                return f"{s.version()} {s.cipher()[0]}"
+        except (OSError, ValueError) as e:
+            return f"? ({e})"
 
     def gunicorn_missing(self) -> str | None:
         """Why gunicorn-w2 cannot run here, or None."""
@@ -258,18 +329,23 @@ class Run:
                    f"{shown} NMC_RUN_DIR=TMP gunicorn {' '.join(opts)} nmc.wsgi:app",
                    "gunicorn.log", env={**os.environ, **env, "PYTHONUNBUFFERED": "1"})
 
-    def start_nginx(self, nginx: str, port: int, base: int) -> None:
-        d = self.tmp / "nginx-w1"
+    def start_nginx(self, cfg: str, nginx: str, port: int, base: int) -> None:
+        d = self.tmp / cfg
         d.mkdir()
         conf = (BENCH / "nginx.conf.tmpl").read_text()
+        tls = cfg in TLS_CONFIGS
         for k, v in {"@WORKERS@": "1", "@PORT@": str(port), "@PREFIX@": str(d),
-                     "@B1@": str(base), "@B2@": str(base + 1)}.items():
+                     "@B1@": str(base), "@B2@": str(base + 1), "@SSL@": " ssl" if tls else "",
+                     "@TLS@": NGINX_TLS if tls else ""}.items():
             conf = conf.replace(k, v)
+        if tls:
+            conf = conf.replace("@CERT@", str(self.cert)).replace("@KEY@", str(self.key))
         (d / "nginx.conf").write_text(conf)
-        self.start("nginx-w1", [nginx, "-p", str(d), "-e", str(d / "error.log"), "-c", str(d / "nginx.conf")],
+        self.start(cfg, [nginx, "-p", str(d), "-e", str(d / "error.log"), "-c", str(d / "nginx.conf")],
                    port, f"nginx -p TMP -e TMP/error.log -c TMP/nginx.conf   "
-                         f"(bench/nginx.conf.tmpl, 1 worker, upstream {base},{base + 1}, port {port})",
-                   "nginx-w1/stderr.log")
+                         f"(bench/nginx.conf.tmpl, 1 worker, upstream {base},{base + 1}, port {port}"
+                         f"{', listen ssl, NGINX_TLS of bench.py' if tls else ''})",
+                   f"{cfg}/stderr.log")
 
     def start_naive(self, port: int, base: int) -> None:
         argv = ["bench/naive_proxy.py", str(port), str(base), str(base + 1)]
@@ -388,7 +464,7 @@ class Run:
             self.stop_pm2()
         except Exception as e:  # never skip the rest of the stopping
             log(f"stopping pm2: {e!r}")
-        for name in ("naive", "nginx-w1", "http-proxy"):
+        for name in ("naive", "nginx-w1", "nginx-tls", "http-proxy"):
             p = self.procs.get(name)
             if p is not None and p.poll() is None:
                 p.send_signal(signal.SIGTERM)  # nginx: fast shutdown of master + worker
@@ -398,6 +474,10 @@ class Run:
                     log(f"{name} (pid {p.pid}) did not exit on SIGTERM: SIGKILL")
                     p.kill()
                     p.wait(5)
+        # nmc-tls first: it serves nmc's replicas (--keep: it leaves them), and would replace
+        # them if nmc removed them under it
+        if "nmc-tls" in self.procs:
+            self.stop_and_wait("nmc-tls", NMC_STOP_LIMIT)
         # both at once: each removes its own replicas
         stopping = {cfg: time.monotonic() for cfg in ("nmc", "gunicorn-w2")
                     if cfg in self.procs and self.procs[cfg].poll() is None}
@@ -405,31 +485,41 @@ class Run:
             self.procs[cfg].send_signal(signal.SIGTERM)  # gunicorn: to the master
         for cfg, cluster, limit in (("nmc", self.name, NMC_STOP_LIMIT),
                                     ("gunicorn-w2", self.g_name, GUNICORN_STOP_LIMIT)):
-            p = self.procs.get(cfg)
-            if p is None:
+            if cfg not in self.procs:
                 continue
-            if cfg in stopping:
-                try:
-                    p.wait(max(0.1, stopping[cfg] + limit - time.monotonic()))
-                    self.exits[cfg] = (f"exit code {p.returncode} "
-                                       f"{time.monotonic() - stopping[cfg]:.1f} s after SIGTERM")
-                except subprocess.TimeoutExpired:
-                    for pid in reversed(tree(p.pid)):  # gunicorn's workers too
-                        try:
-                            os.kill(pid, signal.SIGKILL)
-                        except OSError:
-                            pass
-                    p.wait(5)
-                    self.exits[cfg] = f"did not exit within {limit:g} s of SIGTERM: SIGKILLed"
-            else:
-                self.exits[cfg] = f"had already exited (code {p.returncode})"
-            left = remove_labelled(cluster)
+            self.stop_and_wait(cfg, limit, stopping.get(cfg))
+            # with the patience for an engine being restarted (others' tests do that here), in
+            # which nmc's own removal fails and live-restore keeps the replicas running
+            left = remove_labelled(cluster, patience=ENGINE_PATIENCE)
             self.leftovers[cluster] = left
             if left:
                 log(f"{left} container(s) of cluster {cluster} left after {cfg} stopped: removed")
                 if labelled(cluster):
                     log(f"!! containers labelled {LABEL_CLUSTER}={cluster} still there")
         shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def stop_and_wait(self, cfg: str, limit: float, since: float | None = None) -> None:
+        """SIGTERM to CFG (unless sent at SINCE already), up to LIMIT s from then for it to exit,
+        then SIGKILL to its tree (gunicorn's workers too); how it went into self.exits."""
+        p = self.procs[cfg]
+        if since is None:
+            if p.poll() is not None:
+                self.exits[cfg] = f"had already exited (code {p.returncode})"
+                return
+            since = time.monotonic()
+            p.send_signal(signal.SIGTERM)
+        try:
+            p.wait(max(0.1, since + limit - time.monotonic()))
+            self.exits[cfg] = (f"exit code {p.returncode} "
+                               f"{time.monotonic() - since:.1f} s after SIGTERM")
+        except subprocess.TimeoutExpired:
+            for pid in reversed(tree(p.pid)):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except OSError:
+                    pass
+            p.wait(5)
+            self.exits[cfg] = f"did not exit within {limit:g} s of SIGTERM: SIGKILLed"
 
 
 # -- measuring -----------------------------------------------------------------------------------
@@ -443,7 +533,8 @@ def measure(run: Run, wrk: str, cfg: str, path: str, wrk_args: list[str], dur: f
     r0 = resource.getrusage(resource.RUSAGE_CHILDREN)  # only wrk is reaped in here: its CPU
     rss0 = peak = rss_kib(rss_pids) if rss_pids else 0
     w0 = time.monotonic()
-    argv = [wrk, *wrk_args, f"http://127.0.0.1:{run.port[cfg]}{path}"]
+    scheme = "https" if cfg in TLS_CONFIGS else "http"
+    argv = [wrk, *wrk_args, f"{scheme}://127.0.0.1:{run.port[cfg]}{path}"]
     run.wrk = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = w0 + dur + 40
     while run.wrk.poll() is None and time.monotonic() < deadline:  # its output fits the pipe
@@ -564,11 +655,17 @@ def main(argv=None) -> int:
     try:
         # P = base, replicas base+1 / base+2, nginx base+3, naive base+4, pm2 base+5,
         # http-proxy base+6, gunicorn base+7 with its replicas base+8 / base+9; the admin
-        # interfaces of nmc and gunicorn base+10 / base+11
-        base = free_port_block(12, high=30000)
+        # interfaces of nmc and gunicorn base+10 / base+11; nmc-tls base+12, nginx-tls base+13
+        base = free_port_block(14, high=30000)
         P, B, G = base, base + 1, base + 8
+        if any(c in args.configs for c in TLS_CONFIGS):
+            why = run.make_cert()
+            if why:
+                for cfg in TLS_CONFIGS:
+                    if cfg in args.configs:
+                        skip(cfg, why)
         log(f"starting nmc (cluster {run.name}) on 127.0.0.1:{P}, replicas on {B} and {B + 1}")
-        run.start_nmc(P, B, base + 10)
+        run.start_nmc("nmc", P, B, *admin_args(base + 10))
         if "gunicorn-w2" in args.configs:
             why = run.gunicorn_missing()
             if why:
@@ -607,14 +704,27 @@ def main(argv=None) -> int:
         run.port["direct"] = B
         run.commands["direct"] = f"(none: wrk straight at 127.0.0.1:{B}, replica 1 of nmc)"
         if "nginx-w1" in args.configs:
-            run.start_nginx(tools["nginx"], base + 3, B)
+            run.start_nginx("nginx-w1", tools["nginx"], base + 3, B)
         if "naive" in args.configs:
             run.start_naive(base + 4, B)
         if "http-proxy" in args.configs:
             run.start_http_proxy(base + 6, B)
-        for cfg in ("nginx-w1", "naive", "http-proxy"):
-            if cfg in args.configs and not wait_http(run.port[cfg], 15, run.procs[cfg]):
-                skip(cfg, "did not answer /healthz within 15 s")
+        replicas = labelled(run.name)
+        if "nmc-tls" in args.configs:  # the same cluster's name: it adopts nmc's two replicas
+            log(f"starting nmc-tls on 127.0.0.1:{base + 12}: --certfile, the same replicas")
+            run.start_nmc("nmc-tls", base + 12, B, "--keep", "--admin-port", "0",
+                          "--certfile", str(run.cert), "--keyfile", str(run.key))
+        if "nginx-tls" in args.configs:
+            run.start_nginx("nginx-tls", tools["nginx"], base + 13, B)
+        for cfg in ("nginx-w1", "naive", "http-proxy", "nmc-tls", "nginx-tls"):
+            limit = 60 if cfg == "nmc-tls" else 15
+            if cfg in args.configs and not wait_http(
+                    run.port[cfg], limit, run.procs[cfg],
+                    context=run.client_tls if cfg in TLS_CONFIGS else None):
+                tail = run.log_tail(run.logs[cfg], 4).replace("\n", " | ")
+                skip(cfg, f"did not answer /healthz within {limit} s (its log: {tail})")
+            elif cfg in args.configs and cfg in TLS_CONFIGS:
+                run.tls[cfg] = run.tls_of(cfg)
         if "pm2-i2" in args.configs:
             log(f"pm2 start nodejs/server.js -i 2 on 127.0.0.1:{base + 5} (PM2_HOME in the temp folder)")
             if not run.start_pm2(base + 5):
@@ -623,6 +733,10 @@ def main(argv=None) -> int:
                 run.stop_pm2()
         dp = {p: docker_proxy_pids(p) for p in (B, B + 1, G, G + 1)}
         ids = labelled(run.name)
+        if sorted(ids) != sorted(replicas):
+            notes.append(f"nmc's replicas changed while the others started ({len(replicas)} "
+                         f"containers before, {len(ids)} after, {len(set(ids) - set(replicas))} "
+                         "new): did nmc-tls replace them instead of adopting them? (its log)")
         nodes = node_pids(run.name)
         node_version = cmd_out(["docker", "exec", ids[0], "node", "--version"]) if ids else "?"
         for cfg in args.configs:
@@ -656,6 +770,8 @@ def main(argv=None) -> int:
             for load in LOADS:
                 wrk_args, path = load_args(load, dur, lua)
                 for cfg in order:
+                    if load not in (TLS_LOADS if cfg in TLS_CONFIGS else PLAIN_LOADS):
+                        continue
                     log(f"rep {r + 1}/{args.reps} {load} {cfg}")
                     d = measure(run, wrk, cfg, path, wrk_args, dur, groups_of[cfg],
                                 proxy_pids[cfg] if load in ("get10", "post10") else None)
@@ -679,13 +795,13 @@ def main(argv=None) -> int:
                 notes.append("a PM2 process (daemon or worker) exited during the run")
         if not args.no_idle:
             for cfg in args.configs:
-                if cfg == "direct":
+                if cfg == "direct" or cfg in TLS_CONFIGS:  # idle_conns.py speaks plain HTTP
                     continue
                 pids = run.pm2_pids() if cfg == "pm2-i2" else proxy_pids[cfg]
                 log(f"idle test: {IDLE_CONNS} keep-alive connections to {cfg}, held {args.hold:g} s")
                 idle[cfg] = idle_test(run.port[cfg], lambda pids=pids: pids, n=IDLE_CONNS,
                                       hold=args.hold)
-        for cfg in ("nmc", "gunicorn-w2"):
+        for cfg in ("nmc", "gunicorn-w2", "nmc-tls"):
             if cfg in run.procs and run.procs[cfg].poll() is not None:
                 notes.append(f"{cfg} exited during the run (code {run.procs[cfg].returncode})")
     except Interrupted as e:
@@ -693,9 +809,10 @@ def main(argv=None) -> int:
         log(f"{e}: stopping everything")
     finally:
         tails = {cfg: run.log_tail(f, 10) for cfg, f in (("nmc", "nmc.log"),
-                                                         ("gunicorn-w2", "gunicorn.log"))}
-        log("stopping pm2 (pm2 kill), nginx, the naive relay, http-proxy, gunicorn and nmc "
-            "(SIGTERM, by PID)")
+                                                         ("gunicorn-w2", "gunicorn.log"),
+                                                         ("nmc-tls", "nmc-tls.log"))}
+        log("stopping pm2 (pm2 kill), nginx, the naive relay, http-proxy, nmc-tls, gunicorn and "
+            "nmc (SIGTERM, by PID)")
         run.stop_all()
         log(f"pm2: {run.pm2_stop}; " + "; ".join(f"{k} {v}" for k, v in run.exits.items()) +
             "; containers left: " + ", ".join(f"{k} {v}" for k, v in run.leftovers.items()))

@@ -18,9 +18,12 @@ NAMES = {"direct": "direct (1 replica)", "nginx-w1": "nginx-w1", "naive": "naive
          "nmc": "**nmc** (./nmc_server.py)",
          "gunicorn-w2": "**gunicorn-w2** (nmc.wsgi:app, own 2 replicas)",
          "pm2-i2": "pm2-i2 (PM2 cluster, 2 workers, no Docker: anchor)",
-         "http-proxy": "http-proxy (node, keep-alive agent)"}
+         "http-proxy": "http-proxy (node, keep-alive agent)",
+         "nmc-tls": "**nmc-tls** (nmc with --certfile, the same 2 replicas; c64 only)",
+         "nginx-tls": "nginx-tls (nginx-w1 with listen ssl; c64 only)"}
 LOAD_NAMES = {"c64": "GET small c64", "c256": "GET small c256", "get10": "GET 10 MiB c4",
-              "post10": "POST 10 MiB c4"}
+              "post10": "POST 10 MiB c4", "fresh": "GET small c64, new connection each"}
+TLS_CONFIGS = {"nmc-tls": "nmc", "nginx-tls": "nginx-w1"}  # each with its plain twin
 
 
 def med(runs: list[dict], key: str) -> float:
@@ -123,6 +126,62 @@ def targets(args, rows, rss1, idle, starts, skipped) -> list[str]:
     return out
 
 
+def tls_ratios(rows) -> str:
+    """nmc TLS / nmc plain and nginx TLS / nginx plain: req/s and CPU per request at c64."""
+    def of(cfg, key):
+        return med(rows.get((cfg, "c64"), []), key)
+    rps = {c: ratio(of(c, "rps"), of(p, "rps")) for c, p in TLS_CONFIGS.items()}
+    cpu = {c: ratio(of(c, "us_proxy"), of(p, "us_proxy")) for c, p in TLS_CONFIGS.items()}
+    return (f"nmc TLS / nmc plain req/s = {rps['nmc-tls']}; nginx TLS / nginx plain = "
+            f"{rps['nginx-tls']} (c64 over keep-alive; proxy CPU µs/req: nmc TLS / plain = "
+            f"{cpu['nmc-tls']}, nginx TLS / plain = {cpu['nginx-tls']}).")
+
+
+def tls_section(args, run, rows) -> list[str]:
+    """The HTTPS rows kept alive and with a new connection per request, beside their twins."""
+    L = ["\n## HTTPS\n"]
+    L.append("| config | connections | req/s | p50 / p99 ms | errors | proxy CPU µs/req "
+             "| docker-proxy µs/req | replicas µs/req | x plain req/s | x plain CPU |")
+    L.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    extra = {}
+    for cfg, twin in TLS_CONFIGS.items():
+        if cfg not in args.configs:
+            continue
+        plain = rows.get((twin, "c64"), [])
+        for load, how in (("c64", "kept alive"), ("fresh", "new TLS connection per request")):
+            runs = rows.get((cfg, load), [])
+            L.append("| " + " | ".join([
+                cfg, how, fmt(med(runs, "rps")),
+                f"{fmt(med(runs, 'p50'), 2)} / {fmt(med(runs, 'p99'), 1)}",
+                str(sum(r["err"] for r in runs)) if runs else "—",
+                fmt(med(runs, "us_proxy"), 1), fmt(med(runs, "us_dproxy"), 1),
+                fmt(med(runs, "us_node"), 1),
+                ratio(med(runs, "rps"), med(plain, "rps")),
+                ratio(med(runs, "us_proxy"), med(plain, "us_proxy")),
+            ]) + " |")
+        extra[cfg] = (med(rows.get((cfg, "fresh"), []), "us_proxy") -
+                      med(rows.get((cfg, "c64"), []), "us_proxy"))
+    L.append("")
+    L.append("x plain = against the plain twin kept alive at c64 (nmc-tls: nmc; nginx-tls: "
+             "nginx-w1), same run. A new connection per request costs the proxy " +
+             "; ".join(f"{c} {fmt(x)} µs" for c, x in extra.items()) +
+             " more CPU than a kept-alive TLS one: TCP accept and close, the TLS handshake (full: "
+             "wrk resumes no session), and for nginx its new upstream pick.")
+    L.append("")
+    L.append(f"Certificate: self-signed, {run.cert_key} for localhost and 127.0.0.1, made by the "
+             "run (temp folder, removed at the end); wrk does not check it, the readiness checks "
+             "do (Python's ssl with it as the only trust anchor). nmc-tls: ./nmc_server.py "
+             "--certfile/--keyfile (nmc/tls.py: Python's default server context, TLS 1.2+, ALPN "
+             "http/1.1; OpenSSL's own in-process session cache and 2 TLS 1.3 tickets, as Python "
+             "leaves them), a second process with nmc's --name and --keep: it adopts nmc's two "
+             "replicas and leaves them on exit. nginx-tls: nginx-w1's configuration with `listen "
+             "ssl` and Mozilla's intermediate settings (TLS 1.2 and 1.3, ECDHE suites, "
+             "`ssl_session_cache shared:MozSSL:10m`, `ssl_session_timeout 1d`, "
+             "`ssl_session_tickets off`). Negotiated by a default client: " +
+             "; ".join(f"{c} {v}" for c, v in run.tls.items()) + ".")
+    return L
+
+
 def render(*, args, run, rows, rss0, rss1, idle, starts, notes, skipped, interrupted, tails,
            t_ready, took, started_at, wrk, nginx, node_version) -> str:
     ng = {k: med(rows.get(("nginx-w1", k), []), "rps" if k in ("c64", "c256") else "mibs")
@@ -137,7 +196,8 @@ def render(*, args, run, rows, rss0, rss1, idle, starts, notes, skipped, interru
              f"10 MiB = GET /big?mb=10 and POST /echo with a 10 MiB body, -c4. nginx-w1, naive, "
              f"nmc and http-proxy relay to the same 2 replicas (cluster `{run.name}`, "
              f"127.0.0.1:{B} and {B + 1}, through Docker's userland proxy); gunicorn-w2 to its "
-             f"own 2 replicas of the same image (`{run.g_name}`); pm2-i2 runs the site itself.")
+             f"own 2 replicas of the same image (`{run.g_name}`); pm2-i2 runs the site itself; "
+             f"nmc-tls and nginx-tls are nmc and nginx-w1 over HTTPS (see HTTPS below).")
     L.append("")
     L.append("| config | c64 req/s | c64 p50 / p99 ms | c256 req/s | c256 p50 / p99 ms "
              "| errors c64 / c256 / 10 MiB | CPU µs/req c64 / c256 | x nginx req/s c64 / c256 "
@@ -180,7 +240,7 @@ def render(*, args, run, rows, rss0, rss1, idle, starts, notes, skipped, interru
             NAMES[cfg],
             fmt(med(a, "rps")), f"{fmt(med(a, 'p50'), 2)} / {fmt(med(a, 'p99'), 1)}",
             fmt(med(b, "rps")), f"{fmt(med(b, 'p50'), 2)} / {fmt(med(b, 'p99'), 1)}",
-            " / ".join(str(sum(r["err"] for r in runs)) for runs in (a, b, big)),
+            " / ".join(str(sum(r["err"] for r in runs)) if runs else "—" for runs in (a, b, big)),
             f"{fmt(cpu64, 1)} / {fmt(cpu256, 1)}" if proxy else "— (no proxy)",
             f"{ratio(med(a, 'rps'), ng['c64'])} / {ratio(med(b, 'rps'), ng['c256'])}",
             ratio(cpu64, ng_cpu) if proxy else "—",
@@ -193,6 +253,9 @@ def render(*, args, run, rows, rss0, rss1, idle, starts, notes, skipped, interru
             idle_cell, start_cell,
         ]) + " |")
     L.append("")
+    if any(c in args.configs for c in TLS_CONFIGS):
+        L.append(tls_ratios(rows))
+        L.append("")
     L.append("Targets (from the issue; this run, medians):")
     L.append("")
     L += targets(args, rows, rss1, idle, starts, skipped)
@@ -257,6 +320,9 @@ def render(*, args, run, rows, rss0, rss1, idle, starts, notes, skipped, interru
                  "removes them), so its docker-proxy and replicas columns are those two; it "
                  f"answered through its port {fmt(t_ready.get('gunicorn-w2', NAN), 1)} s after "
                  f"the run began (nmc: {fmt(t_ready.get('nmc', NAN), 1)} s).")
+
+    if any(c in args.configs for c in TLS_CONFIGS):
+        L += tls_section(args, run, rows)
 
     if starts:
         L.append("\n## Start-up\n")
@@ -327,8 +393,15 @@ def render(*, args, run, rows, rss0, rss1, idle, starts, notes, skipped, interru
              f"'http://127.0.0.1:PORT/big?mb=10'")
     L.append(f"POST 10 MiB wrk -t1 -c4 -d{d}s --latency --timeout 30s -s post10m.lua "
              f"http://127.0.0.1:PORT/echo   (wrk.method = \"POST\", wrk.body = 10 MiB of 'x')")
+    if any(c in args.configs for c in TLS_CONFIGS):
+        L.append(f"HTTPS       wrk -t1 -c64 -d{d}s --latency https://127.0.0.1:PORT/healthz   "
+                 "(nmc-tls, nginx-tls: c64 and new connection only)")
+        L.append(f"            wrk -t1 -c64 -d{d}s --latency -H 'Connection: close' "
+                 "https://127.0.0.1:PORT/healthz   (a new connection per request)")
+        L.append(f"certificate {run.commands.get('certificate', '')}")
     L.append("order       per repetition: small c64 for every config, then c256, GET 10 MiB, "
-             "POST 10 MiB; config order rotated by one each repetition; then the start-up test")
+             "POST 10 MiB, new connections (TLS configs); config order rotated by one each "
+             "repetition; then the start-up test")
     if starts:
         L.append(f"start-up    {starts[0].get('command', '').replace(' -n 1 ', ' -n N ')}"
                  "   (N = 1, 8; throwaway name, free ports; SIGTERM after)")
@@ -370,6 +443,8 @@ def render(*, args, run, rows, rss0, rss1, idle, starts, notes, skipped, interru
             left = run.leftovers.get(cluster, 0)
             L.append(f"- {cfg} stop: {run.exits[cfg]}; containers labelled {LABEL_CLUSTER}={cluster} "
                      f"left: {left}{' (removed by bench.py)' if left else ''}")
+    if "nmc-tls" in run.exits:
+        L.append(f"- nmc-tls stop: {run.exits['nmc-tls']} (--keep: it leaves nmc's replicas)")
     L.append(f"- run took {took:.0f} s" + (f" (nmc answered after {t_ready['nmc']:.1f} s)"
                                            if "nmc" in t_ready else ""))
     for cfg, tail in tails.items():

@@ -41,13 +41,23 @@ def labelled(name: str) -> list[str]:
         return []
 
 
-def remove_labelled(name: str) -> int:
-    """Force-remove every container of cluster NAME; how many there were."""
-    try:
-        with closing(engine(120)) as client:
-            return len(remove_cluster(client, name))
-    except ENGINE_ERRORS:
-        return 0
+def remove_labelled(name: str, patience: float = 0.0) -> int:
+    """Force-remove every container of cluster NAME; how many there were. With PATIENCE, an
+    engine that does not answer (one being restarted) is asked again, until none is left or
+    PATIENCE seconds have passed."""
+    deadline = time.monotonic() + patience
+    removed: set[str] = set()
+    while True:
+        try:
+            with closing(engine(120)) as client:
+                removed.update(r.split(" (")[0] for r in remove_cluster(client, name))
+                if not cluster_containers(client, name):
+                    return len(removed)
+        except ENGINE_ERRORS:
+            pass
+        if time.monotonic() >= deadline:
+            return len(removed)
+        time.sleep(2)
 
 
 @functools.cache

@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import random
 import socket
+import ssl
 
 
 def port_is_free(port: int) -> bool:
@@ -32,10 +33,12 @@ def free_port_block(count: int, avoid: set[int] = frozenset(), low: int = 20000,
     raise RuntimeError(f"no {count} consecutive free ports found")
 
 
-def http_ok(port: int, path: str = "/healthz", timeout: float = 2.0) -> bool:
-    """One GET on a new connection to 127.0.0.1:PORT answered 2xx."""
+def http_ok(port: int, path: str = "/healthz", timeout: float = 2.0,
+            context: ssl.SSLContext | None = None) -> bool:
+    """One GET on a new connection to 127.0.0.1:PORT answered 2xx; over TLS with CONTEXT."""
     try:
-        c = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+        c = (http.client.HTTPConnection("127.0.0.1", port, timeout=timeout) if context is None
+             else http.client.HTTPSConnection("127.0.0.1", port, timeout=timeout, context=context))
         c.request("GET", path)
         r = c.getresponse()
         r.read()
