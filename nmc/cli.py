@@ -217,10 +217,11 @@ def _docopt_problem(error: DocoptExit, argv: list[str]) -> str:
 
 
 def _usage_options() -> dict[str, bool]:
-    """Every option in USAGE -> whether it takes a value."""
+    """Every option in USAGE -> whether it takes a value (an option's own line starts two
+    spaces in; a description's next lines, which may start with an option's name, further)."""
     options = {}
     for line in USAGE.split("Options:", 1)[1].splitlines():
-        match = re.match(r"\s+(-\w)?(?:, )?(--[\w-]+)?( [A-Z]+)?", line)
+        match = re.match(r"  (-\w)?(?:, )?(--[\w-]+)?( [A-Z]+)?", line)
         if match and (match.group(1) or match.group(2)):
             for name in filter(None, match.group(1, 2)):
                 options[name] = bool(match.group(3))
