@@ -10,6 +10,7 @@ import docker.errors
 import requests.exceptions
 
 from nmc.admin_auth import token_path
+from nmc.admin_socket import socket_path
 from nmc.containers import LABEL_CLUSTER
 
 ENGINE_ERRORS = (docker.errors.DockerException, requests.exceptions.RequestException)
@@ -32,8 +33,8 @@ def remove_cluster(client: docker.DockerClient, cluster: str, labels: tuple[str,
                    warn: Callable[[str], None] | None = None) -> list[str]:
     """Force-remove every container labelled label=cluster, for each of `labels`; their names,
     ids and states. A paused container that will not go is unpaused first; one that still will
-    not go is passed to `warn` (else ignored). The admin token nmc made for the cluster goes too
-    (nmc removes it itself when it stops, not when it is killed)."""
+    not go is passed to `warn` (else ignored). The admin token nmc made for the cluster goes too,
+    and its admin socket (nmc removes them itself when it stops, not when it is killed)."""
     removed = []
     for label in labels:
         for summary in cluster_containers(client, cluster, label):
@@ -42,6 +43,7 @@ def remove_cluster(client: docker.DockerClient, cluster: str, labels: tuple[str,
             removed.append(f"{container_name(summary)} ({summary['Id'][:12]}, {summary.get('State')})")
             _force_remove(client, summary, warn)
     token_path(cluster).unlink(missing_ok=True)
+    socket_path(cluster).unlink(missing_ok=True)  # a killed nmc's, stale
     return removed
 
 

@@ -1,4 +1,5 @@
-"""The admin interface: a second listener (127.0.0.1:3100 by default), never the public port.
+"""The admin interface: a second listener (127.0.0.1:3100 by default), never the public port,
+and the same app on the cluster's Unix socket (nmc.admin_socket), which needs no token.
 
     GET  /          the live dashboard (nmc/dashboard.html: one page, no outside resources)
     GET  /status    the cluster as JSON: settings, each replica, totals, this process's figures
@@ -6,23 +7,24 @@
     POST /scale     {"replicas": N}: grow or shrink the pool (answers when done)
     POST /rollout   {"image": "name"} (optional): zero-downtime rolling update (answers when done)
 
-`nmc-server status | scale N | rollout` are clients of it (see `call`). The POST routes take
-only `Content-Type: application/json` (else 415): a cross-site HTML form cannot send that, and a
-cross-site fetch that sets it needs a CORS preflight, which this listener never grants.
+`nmc-server status | scale N | rollout` are clients of it (see `call`): over the socket found by
+--name, or over HTTP when given --admin-port. The POST routes take only `Content-Type:
+application/json` (else 415): a cross-site HTML form cannot send that, and a cross-site fetch
+that sets it needs a CORS preflight, which this listener never grants.
 """
 
 from __future__ import annotations
 
+import http.client
 import importlib.resources
 import ipaddress
 import json
 import time
 from typing import Callable, Protocol
 
-import requests
-
 from nmc import metrics, process_stats
 from nmc.admin_auth import Guard
+from nmc.admin_socket import UnixHTTPConnection, socket_path
 from nmc.config import Config
 from nmc.counters import RelayCounters
 from nmc.errors import NmcError, UsageError
@@ -73,7 +75,7 @@ class AdminApp:
                  guard: Guard | None = None):
         self.config = config
         self.control = control
-        self.guard = guard  # None: no token asked (tests of the routes alone)
+        self.guard = guard  # None: no token asked (the Unix socket: its mode is the credential)
         self.started = started or time.time()
         self.counts = counts or own_counts
         self._dashboard: bytes | None = None
@@ -256,27 +258,59 @@ class AdminUnreachable(NmcError):
     pass
 
 
-def call(admin_port: int, method: str, path: str, body: dict | None = None,
+CONNECT_TIMEOUT = 3  # seconds to reach the cluster (on this host: refused or taken at once)
+
+
+def call(where: int | str, method: str, path: str, body: dict | None = None,
          token: str | None = None) -> dict:
-    """One request to a running nmc-server's admin port; NmcError (one line) on any failure."""
-    url = f"http://127.0.0.1:{admin_port}{path}"
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    """One request to a running nmc-server: `where` is its --name (its Unix socket on this host,
+    which needs no token) or an admin port; NmcError (one line) on any failure."""
+    if isinstance(where, str):
+        connection = UnixHTTPConnection(socket_path(where), CHANGE_TIMEOUT, CONNECT_TIMEOUT)
+        what = f"the admin socket {socket_path(where)}"
+    else:
+        connection = http.client.HTTPConnection("127.0.0.1", where, timeout=CHANGE_TIMEOUT)
+        what = f"admin port {where}"
+    payload = None if body is None else json.dumps(body).encode()
+    headers = {"Content-Type": "application/json"} if payload is not None else {}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
     try:
-        answer = requests.request(method, url, json=body, headers=headers,
-                                  timeout=(3, CHANGE_TIMEOUT))
-    except requests.ConnectionError:
-        raise AdminUnreachable(f"no nmc-server answers on admin port {admin_port} (is it "
-                               "running? started with another --admin-port?)") from None
-    except requests.RequestException as e:
-        raise AdminUnreachable(f"admin port {admin_port}: {e}") from None
+        connection.request(method, path, payload, headers)
+        answer = connection.getresponse()
+        raw = answer.read()
+    except (OSError, http.client.HTTPException) as e:
+        raise AdminUnreachable(_unreachable(where, what, e)) from None
+    finally:
+        connection.close()
     try:
-        data = answer.json()
+        data = json.loads(raw)
     except ValueError:
-        raise AdminUnreachable(f"admin port {admin_port} answered {answer.status_code} without "
-                               "JSON: is it nmc-server's?") from None
-    if answer.status_code != 200:
-        raise NmcError(data.get("error") or f"admin port answered {answer.status_code}")
+        data = None
+    if not isinstance(data, dict):
+        raise AdminUnreachable(f"{what} answered {answer.status} without JSON: is it "
+                               "nmc-server's?")
+    if answer.status != 200:
+        raise NmcError(data.get("error") or f"{what} answered {answer.status}")
     return data
+
+
+def _unreachable(where: int | str, what: str, error: Exception) -> str:
+    """Why a subcommand could not talk to its cluster, in one line."""
+    if isinstance(where, str) and isinstance(error, (FileNotFoundError, ConnectionRefusedError)):
+        found = "no socket at" if isinstance(error, FileNotFoundError) else "nothing answers on"
+        return (f"no nmc-server named {where} runs here ({found} {socket_path(where)}); "
+                "started with another --name?")
+    if isinstance(where, int) and isinstance(error, ConnectionRefusedError):
+        return (f"no nmc-server answers on admin port {where} (is it running? started with "
+                "another --admin-port?)")
+    if isinstance(error, PermissionError):
+        return f"{what}: no permission to use it (it is another user's)"
+    if isinstance(error, TimeoutError):
+        return f"{what}: no answer in time"
+    if isinstance(error, http.client.RemoteDisconnected):
+        return f"{what}: the connection closed before an answer (did nmc-server stop?)"
+    return f"{what}: {getattr(error, 'strerror', None) or error}"
 
 
 def format_status(status: dict) -> str:

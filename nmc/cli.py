@@ -62,7 +62,8 @@ Options:
   --volume SOURCE:TARGET     Mount a named volume or a host folder in every replica, as
                              docker's -v (repeatable; :ro at the end for read-only).
   --name NAME                Cluster name: replicas are named NAME-PORT and labelled
-                             nmc.cluster=NAME [default: nmc].
+                             nmc.cluster=NAME; the subcommands find the cluster by it
+                             [default: nmc].
   --health-path PATH         URL path that answers 2xx while a replica is alive
                              [default: /healthz].
   --check-interval SECONDS   Seconds between liveness checks of each replica [default: 5].
@@ -98,13 +99,17 @@ Options:
   --no-served-by             Do not name the replica in an X-Served-By answer header.
   --max-surge N              Replicas a rollout starts at a time, before it removes as
                              many old ones [default: 1].
-  --admin-port PORT          Port of the admin interface (status, scale, rollout), which
-                             the subcommands talk to; 0 turns it off [default: 3100].
+  --admin-port PORT          Port of the admin interface over HTTP (the dashboard, /status,
+                             /metrics, scale, rollout); 0 turns it off. By default --port
+                             + 100: 3100 for 3000. The subcommands use it only when it is
+                             given; else the cluster's Unix socket, RUN_DIR/NAME.sock (mode
+                             0600, no token needed).
   --admin-bind ADDRESS       Address of the admin interface [default: 127.0.0.1]; off
                              loopback, every request to it needs the admin token.
   --admin-token-file FILE    The admin token, which every change (and off loopback, every
-                             request) needs; else one is made and kept, mode 0600, in the run
-                             directory, where the subcommands find it by --name.
+                             request) on the admin port needs; else one is made and kept, mode
+                             0600, in the run directory, where the subcommands find it by
+                             --name when given --admin-port.
   --keep                     Leave the replicas running on exit; the next start with the
                              same --name adopts them.
   --swarm                    Run the replicas as the tasks of one Docker Swarm service
@@ -118,7 +123,7 @@ Options:
   -h, --help                 Show this help and exit.
   -v, --version              Show the version and exit.
 
-Subcommands, for a running cluster:
+Subcommands, for a running cluster on this host, found by --name:
   status                     Print its replicas: state, requests, restarts, ...
   scale N                    Grow or shrink it to N replicas (new ones join once ready,
                              leaving ones finish their requests first).
@@ -128,8 +133,9 @@ Subcommands, for a running cluster:
   logs                       Print the replicas' logs merged, each line prefixed with its
                              replica (-f: keep following).
 
-Replicas publish their port on 127.0.0.1 only. Ctrl-C or SIGTERM stops the server: in-flight
-requests finish, then the replicas are removed (unless --keep); a second Ctrl-C stops at once.
+RUN_DIR is $NMC_RUN_DIR, else $XDG_RUNTIME_DIR/nmc-UID, else /tmp/nmc-UID. Replicas publish
+their port on 127.0.0.1 only. Ctrl-C or SIGTERM stops the server: in-flight requests finish,
+then the replicas are removed (unless --keep); a second Ctrl-C stops at once.
 """
 
 COMMANDS = ("status", "scale", "rollout", "logs")
@@ -160,34 +166,53 @@ def _config_from(args: dict) -> Config:
 
 
 def _admin_command(args: dict, argv: list[str]) -> int:
-    """status, scale N, rollout: requests to the running cluster's admin port."""
+    """status, scale N, rollout: requests to the running cluster, over its Unix socket (found by
+    --name), or over HTTP to --admin-port when that is given (with the token)."""
     from nmc import admin
 
     from nmc.admin_auth import client_token
 
-    port = Config.from_strings({"admin_port": args["--admin-port"]}).admin_port
-    if not port:
-        raise UsageError("--admin-port 0: the subcommands need the admin port of the cluster")
+    name = Config.from_strings({"name": args["--name"]}).name
+    port = None
+    if _given(argv, "--admin-port"):
+        port = Config.from_strings({"admin_port": args["--admin-port"]}).admin_port
+        if not port:
+            raise UsageError("--admin-port 0 is no port to talk to: without --admin-port the "
+                             "subcommands use the cluster's socket, found by --name")
     try:
-        token = client_token(args["--name"], args["--admin-token-file"] or "")
+        where, token = (name, None) if port is None else \
+            (port, client_token(name, args["--admin-token-file"] or ""))
         if args["status"]:
-            print(admin.format_status(admin.call(port, "GET", "/status", token=token)))
+            print(admin.format_status(admin.call(where, "GET", "/status", token=token)))
         elif args["scale"]:
             count = args["N"]
             if not count.isdigit():
                 raise UsageError(f"scale N: N must be a whole number, not {count!r}")
-            print(admin.call(port, "POST", "/scale", {"replicas": int(count)}, token)["message"])
+            print(admin.call(where, "POST", "/scale", {"replicas": int(count)}, token)["message"])
         else:
             # without --image: the image the cluster runs now, rebuilt (docopt would say nodejs.org)
-            given = any(arg == "--image" or arg.startswith("--image=") for arg in argv)
-            image = args["--image"] if given else None
+            image = args["--image"] if _given(argv, "--image") else None
             body = {"max_surge": Config.from_strings({"max_surge": args["--max-surge"]}).max_surge}
             if image:
                 body["image"] = image
-            print(admin.call(port, "POST", "/rollout", body, token)["message"])
+            print(admin.call(where, "POST", "/rollout", body, token)["message"])
     except NmcError as e:
         return _fail(e)
     return 0
+
+
+def _given(argv: list[str], option: str) -> bool:
+    """Whether the long `option` is on the command line, rather than docopt's default for it
+    (docopt takes any unambiguous prefix of a long option too: --admin-p)."""
+    options = _usage_options()
+    for arg in argv:
+        if arg == "--":
+            break
+        name = arg.split("=", 1)[0]
+        if name.startswith("--") and option.startswith(name) and \
+                (name == option or [o for o in options if o.startswith(name)] == [option]):
+            return True
+    return False
 
 
 def _logs(args: dict) -> int:
@@ -229,10 +254,11 @@ def _docopt_problem(error: DocoptExit, argv: list[str]) -> str:
 
 
 def _usage_options() -> dict[str, bool]:
-    """Every option in USAGE -> whether it takes a value."""
+    """Every option in USAGE -> whether it takes a value (an option's own line starts two
+    spaces in; a description's next lines, which may start with an option's name, further)."""
     options = {}
     for line in USAGE.split("Options:", 1)[1].splitlines():
-        match = re.match(r"\s+(-\w)?(?:, )?(--[\w-]+)?( [A-Z]+)?", line)
+        match = re.match(r"  (-\w)?(?:, )?(--[\w-]+)?( [A-Z]+)?", line)
         if match and (match.group(1) or match.group(2)):
             for name in filter(None, match.group(1, 2)):
                 options[name] = bool(match.group(3))

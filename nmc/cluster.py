@@ -76,3 +76,8 @@ class Cluster:
                  config.admin_bind, config.admin_port, token)
         return AdminApp(config, self.supervisor, started, counts,
                         admin_auth.Guard(token, config.admin_bind, where))
+
+    def socket_app(self, started: float | None = None, counts=None) -> AdminApp:
+        """The same interface on the cluster's Unix socket (nmc.admin_socket): no token, the
+        socket file's mode (0600) is the credential."""
+        return AdminApp(self.config, self.supervisor, started, counts)

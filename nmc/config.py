@@ -22,6 +22,7 @@ REPLICA_HOST = "127.0.0.1"
 DEFAULT_IMAGE = "nodejs.org"
 BALANCE_POLICIES = ("roundrobin", "least-conn")
 MIN_MEMORY = 6 * 1024 ** 2  # Docker's least memory limit for a container
+ADMIN_PORT_OFFSET = 100     # the admin port is the cluster's own + 100 unless given (3100)
 
 
 @dataclass(frozen=True)
@@ -210,10 +211,18 @@ class Config:
             else:
                 kwargs[f.name] = str(raw)
         kwargs["env"] = _read_env(values.get("env"), kwargs.get("env_file", ""))
+        # The replicas' ports and the admin port follow the cluster's own port (3001, 3002 ...
+        # and 3100 for 3000, as the original; 4001, 4002 ... and 4100 for 4000), so that
+        # clusters on other ports do not clash.
+        port = kwargs.get("port", cls.port)
         if "base_port" not in kwargs and not kwargs.get("swarm"):
-            # the replicas follow the cluster's own port (3001, 3002 ... for 3000, as the
-            # original; 4001, 4002 ... for 4000), so that clusters on other ports do not clash
-            kwargs["base_port"] = kwargs.get("port", cls.port) + 1
+            kwargs["base_port"] = port + 1
+        if "admin_port" not in kwargs:
+            if 65535 - ADMIN_PORT_OFFSET < port <= 65535:
+                raise UsageError(f"--port {port}: the admin port would be --port + "
+                                 f"{ADMIN_PORT_OFFSET}, past 65535: give --admin-port (0 turns "
+                                 "it off)")
+            kwargs["admin_port"] = port + ADMIN_PORT_OFFSET
         return cls(**kwargs).validate()
 
     @classmethod

@@ -20,6 +20,7 @@ import gevent.queue
 from gevent.pywsgi import WSGIServer
 
 from nmc import admin_auth, tls
+from nmc.admin_socket import AdminSocket
 from nmc.build import build_app
 from nmc.cluster import Cluster, make_backend
 from nmc.config import Config
@@ -50,6 +51,7 @@ class NmcServer:
         self.supervisor: Supervisor | None = None
         self.http: WSGIServer | None = None
         self.admin: WSGIServer | None = None
+        self.admin_unix: WSGIServer | None = None  # the same, on <run dir>/<name>.sock
         self.tls: ssl.SSLContext | None = None  # --certfile
         self._replica_logs: gevent.Greenlet | None = None  # --logs
         self._watching: gevent.Greenlet | None = None  # --watch
@@ -69,7 +71,12 @@ class NmcServer:
         secure = {"ssl_context": self.tls} if self.tls else {}
         listener = bind_listener(self.config.bind, self.config.port)
         admin_listener = None
+        admin_socket = AdminSocket(self.config.name)
+        owner = False  # of the name: what a failed start leaves is ours to remove
         try:
+            # before any container is touched: another nmc-server of this name stops us here
+            admin_socket.bind()
+            owner = True
             if self.config.admin_port:
                 admin_listener = bind_listener(self.config.admin_bind, self.config.admin_port,
                                                "--admin-port (0 turns it off)")
@@ -103,6 +110,11 @@ class NmcServer:
                 self.admin.start()
                 log.info("admin interface on %s://%s:%d (status, scale, rollout)", scheme,
                          self.config.admin_bind, self.config.admin_port)
+            self.admin_unix = WSGIServer(admin_socket.sock, cluster.socket_app(), log=None,
+                                         error_log=ErrorLog())
+            self.admin_unix.start()
+            log.info("admin socket %s (nmc-server status | scale | rollout --name %s)",
+                     admin_socket.path, self.config.name)
             if self.config.logs:
                 self._replica_logs = gevent.spawn(follow_live, engine, self.config.name, time.time())
             if self.config.watch:
@@ -123,9 +135,12 @@ class NmcServer:
                 self.admin.stop(timeout=0)
             if admin_listener is not None:
                 admin_listener.close()
+            if self.admin_unix is not None:
+                self.admin_unix.stop(timeout=0)
+            admin_socket.remove()
             if self.supervisor is not None and not self.supervisor.stopping:
                 self.supervisor.stop(remove=not self.config.keep, stop_timeout=FORCED_STOP_TIMEOUT)
-            if not self.config.keep:
+            if owner and not self.config.keep:
                 admin_auth.forget_token(self.config.name, self.config.admin_token_file)
 
     def _start_cluster(self) -> None:

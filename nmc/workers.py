@@ -12,7 +12,8 @@ Every worker relays requests over its own copy of the replica pool; exactly one 
   every worker learns of a replacement within about STATE_POLL seconds.
 - Every worker writes its relay counts to `<run dir>/<cluster name>.counts/` (nmc.shared_counts),
   and the leader serves the admin interface (status, metrics, dashboard, scale, rollout) with
-  the sum of all of them, and `--logs`; a new leader binds the admin port again.
+  the sum of all of them, on its admin port and on the cluster's Unix socket
+  (nmc.admin_socket), and `--logs`; a new leader binds both again.
 - A follower that sees a replica refuse or break a connection takes it out of its own rotation at
   once and probes it itself; it comes back after --healthy-after passing probes (the leader's
   thresholds) or on the leader's next word.
@@ -39,6 +40,7 @@ import gevent
 from gevent.pywsgi import WSGIServer
 
 from nmc import admin_auth
+from nmc.admin_socket import AdminSocket, NameInUse
 from nmc.backend import Address, Instance
 from nmc.cluster import Cluster, make_backend
 from nmc.config import Config
@@ -61,8 +63,21 @@ PROBE_INTERVAL = 0.5  # seconds between a follower's own probes of a replica it 
 SIBLINGS_WAIT_POLL = 0.1
 WORKER_BOOT_ERROR = 3  # gunicorn's arbiter halts the whole server on a worker exiting with it
 QUIET_EXIT_WAIT = 5
-ADMIN_BIND_WAIT = 5  # seconds a new leader waits for the admin port to be free
+ADMIN_BIND_WAIT = 5  # seconds a new leader waits for the admin port and socket to be free
 HOOKS_WAIT = 2       # seconds a worker waits to hear from post_worker_init
+
+
+def _bind_when_free(bind, busy: type[NmcError]):
+    """bind(); a leader that takes over waits a moment (ADMIN_BIND_WAIT) for the last one to let
+    go of what `busy` says is still held."""
+    deadline = time.monotonic() + ADMIN_BIND_WAIT
+    while True:
+        try:
+            return bind()
+        except busy:
+            if time.monotonic() >= deadline:
+                raise
+            gevent.sleep(STATE_POLL)
 
 
 def fail_boot(message: str) -> None:
@@ -241,6 +256,8 @@ class Worker:
         self.state_file = StateFile(folder / f"{config.name}.json")
         self.counts = SharedCounts(folder / f"{config.name}.counts", self.pool)
         self.admin: WSGIServer | None = None
+        self.admin_socket = AdminSocket(config.name)  # bound by the leader only
+        self.admin_unix: WSGIServer | None = None
         self._replica_logs: gevent.Greenlet | None = None  # --logs
         self.supervisor: Supervisor | None = None
         self.checker = HealthChecker(config.health_path, config.check_timeout)
@@ -296,6 +313,7 @@ class Worker:
         for replica in self.pool:
             replica.serve_with(None)
         try:
+            self._bind_admin_socket()
             admin_listener = self._bind_admin()
             engine = Engine.connect()
             self.supervisor = self.cluster.supervise(make_backend(engine, self.config))
@@ -319,21 +337,23 @@ class Worker:
             gevent.sleep(STATE_POLL)
 
     def _bind_admin(self) -> socket.socket | None:
-        """The admin port, bound before the replicas start, as ./nmc_server.py does; a leader
-        that takes over waits a moment for the last one's listener to close."""
+        """The admin port, bound before the replicas start, as ./nmc_server.py does."""
         if not self.config.admin_port:
             return None
-        deadline = time.monotonic() + ADMIN_BIND_WAIT
-        while True:
-            try:
-                return bind_listener(self.config.admin_bind, self.config.admin_port,
-                                     "--admin-port (0 turns it off)")
-            except PortInUse:
-                if time.monotonic() >= deadline:
-                    raise
-                gevent.sleep(STATE_POLL)
+        return _bind_when_free(lambda: bind_listener(self.config.admin_bind, self.config.admin_port,
+                                                     "--admin-port (0 turns it off)"), PortInUse)
+
+    def _bind_admin_socket(self) -> None:
+        """The cluster's Unix socket (nmc.admin_socket); a killed leader's is stale: replaced."""
+        _bind_when_free(self.admin_socket.bind, NameInUse)
 
     def _serve_admin(self, listener: socket.socket | None) -> None:
+        self.admin_unix = WSGIServer(self.admin_socket.sock,
+                                     self.cluster.socket_app(counts=self.counts.of), log=None,
+                                     error_log=ErrorLog())
+        self.admin_unix.start()
+        log.info("admin socket %s (nmc-server status | scale | rollout --name %s)",
+                 self.admin_socket.path, self.config.name)
         if listener is None:
             return
         self.admin = WSGIServer(listener, self.cluster.admin_app(counts=self.counts.of), log=None,
@@ -342,9 +362,18 @@ class Worker:
         log.info("admin interface on http://%s:%d (status, scale, rollout)",
                  self.config.admin_bind, self.config.admin_port)
 
+    def _close_admin(self) -> None:
+        """Stop serving the admin interface, and remove the socket's file: the next leader binds
+        both again."""
+        for server in (self.admin, self.admin_unix):
+            if server is not None:
+                server.close()
+        self.admin_socket.remove()
+
     def _give_up(self, error: NmcError) -> None:
         """The cluster cannot start: remove what was started, say why once, and make gunicorn
         stop."""
+        self._close_admin()
         if self.supervisor is not None:
             self.supervisor.stop(remove=True, stop_timeout=1)
         fail_boot(str(error).replace("\n", " "))
@@ -385,8 +414,7 @@ class Worker:
         self._loop.kill(block=False)
         if self._replica_logs is not None:
             self._replica_logs.kill(block=False)
-        if self.admin is not None:
-            self.admin.close()  # the next leader binds the port
+        self._close_admin()  # the next leader binds them again
         if not shutting_down(self.master):
             self.supervisor.stop(remove=False, reason="handed over to the next worker")
             self.lease.release()

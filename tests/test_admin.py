@@ -3,6 +3,7 @@ the zero-downtime changes themselves, under load, against real containers."""
 
 from __future__ import annotations
 
+import os
 import signal
 import stat
 import subprocess
@@ -17,9 +18,11 @@ from conftest import IMAGE, ROOT, Load, admin_auth, build_on_site_image, free_po
 from nmc.admin_auth import token_path
 
 
-def nmc_command(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+def nmc_command(*args: str, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+    """./nmc_server.py with `args` (a subcommand), `env` added to ours (e.g. NMC_RUN_DIR)."""
     return subprocess.run([sys.executable, str(ROOT / "nmc_server.py"), *args],
-                          capture_output=True, text=True, timeout=timeout)
+                          capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
 
 
 class AdminCluster:

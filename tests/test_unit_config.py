@@ -27,7 +27,8 @@ def test_options_reach_the_config():
                          "--container-port", "80", "--name", "shop", "--health-path", "/up",
                          "--check-interval", "0.5", "-q", "--keep"])
     assert config == Config(port=8000, replicas=4, base_port=9001, image="site:2", container_port=80,
-                            name="shop", health_path="/up", check_interval=0.5, quiet=True, keep=True)
+                            name="shop", health_path="/up", check_interval=0.5, quiet=True, keep=True,
+                            admin_port=8100)  # (the cluster's own + 100)
     assert config.replica_ports == [9001, 9002, 9003, 9004]
 
 
@@ -77,9 +78,12 @@ def test_body_sizes_read_as_nginx_writes_them(given, size):
     assert parse_args(["--max-body-size", given]).max_body_size == size
 
 
-def test_the_replicas_ports_follow_the_clusters_own_port_unless_given():
+def test_the_replicas_and_admin_ports_follow_the_clusters_own_port_unless_given():
     assert parse_args([]).replica_ports == [3001, 3002]  # as the original
+    assert parse_args([]).admin_port == 3100
     assert parse_args(["-p", "4000", "-n", "3"]).replica_ports == [4001, 4002, 4003]
+    assert parse_args(["-p", "4000"]).admin_port == 4100
+    assert parse_args(["-p", "4000", "--admin-port", "0"]).admin_port == 0
     assert parse_args(["-p", "4000", "--base-port", "5000"]).replica_ports == [5000, 5001]
     assert parse_args(["--swarm", "-p", "4000"]).base_port == 3001  # unused: Swarm picks ports
 
