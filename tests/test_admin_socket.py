@@ -15,7 +15,8 @@ import uuid
 
 import pytest
 
-from conftest import IMAGE, free_port_block, remove_cluster, wait_until
+from conftest import IMAGE, NmcProcess, free_port_block, get, remove_cluster, wait_until
+from harness.ports import port_is_free
 from test_admin import nmc_command, running
 from test_gunicorn import Gunicorn, assert_no_traceback
 
@@ -119,6 +120,43 @@ def test_two_clusters_side_by_side_each_answer_by_name(other_name, run_nmc, clus
     assert command(run_dir, "status", "--name", other_name).returncode == 0
     second.stop()
     assert not (run_dir / f"{other_name}.sock").exists()
+
+
+def ports_with_room_for_the_defaults() -> int:
+    """A free port P whose default neighbours are free too: P+1, P+2 (the replicas) and P+100
+    (the admin port)."""
+    for _ in range(100):
+        port = free_port_block(3)
+        if port_is_free(port + 100):
+            return port
+    raise RuntimeError("no port with its default neighbours free")
+
+
+def test_two_clusters_with_nothing_but_another_name_and_port_run_side_by_side(
+        other_name, cluster_name, run_dir, docker_client):
+    """The replicas' ports and the admin port follow --port (3001, 3002 and 3100 for 3000), so
+    the second cluster takes none of the first one's."""
+    first_port = ports_with_room_for_the_defaults()
+    second_port = ports_with_room_for_the_defaults()
+    while abs(second_port - first_port) <= 100:
+        second_port = ports_with_room_for_the_defaults()
+    clusters = [NmcProcess(["--name", name, "--port", str(port), "--bind", "127.0.0.1", "-q"],
+                           env={"NMC_RUN_DIR": str(run_dir)})
+                for name, port in ((cluster_name, first_port), (other_name, second_port))]
+    try:
+        for process, name, port in zip(clusters, (cluster_name, other_name),
+                                       (first_port, second_port)):
+            process.wait_serving()
+            process.wait_for_line(rf"admin interface on http://127\.0\.0\.1:{port + 100} ")
+            assert sorted(running(docker_client, name)) == [f"{name}-{port + 1}",
+                                                            f"{name}-{port + 2}"]
+            assert get(f"http://127.0.0.1:{port}/whoami").status_code == 200
+            table = command(run_dir, "status", "--name", name)
+            assert f"cluster {name}: 2/2 ready" in table.stdout, table.stderr
+    finally:
+        for process in clusters:
+            process.stop()
+    assert all(process.exit_code == 0 for process in clusters), clusters[1].log_summary()
 
 
 def test_a_stale_socket_is_replaced(run_nmc, cluster_name, run_dir):
