@@ -15,6 +15,7 @@ from __future__ import annotations
 import errno
 import logging
 import socket
+from contextlib import closing
 
 import gevent
 import gevent.event
@@ -37,6 +38,7 @@ class PortInUse(NmcError):
 
 
 READ_BUFFER = 2048  # bytes of a client connection's read buffer (see ProxyHandler.__init__)
+ADMIN_HANDSHAKE_TIMEOUT = 10  # seconds a client of the admin port has to finish its TLS handshake
 
 
 class ProxyHandler(WSGIHandler):
@@ -281,8 +283,7 @@ class ProxyServer(WSGIServer):
     def wrap_socket_and_handle(self, client_socket, address):
         # TLS: the handshake counts toward the request head's time, so that a client stalling
         # it is cut as a slow head would be (the handler sets its own timeouts after it)
-        client_socket.settimeout(self.header_timeout)
-        return super().wrap_socket_and_handle(client_socket, address)
+        return handle_after_handshake(self, client_socket, address, self.header_timeout)
 
     def request_done(self) -> None:
         if self.draining and not any(c.in_flight for c in self.connections):
@@ -299,6 +300,26 @@ class ProxyServer(WSGIServer):
         drained = self._idle.wait(timeout)
         self.stop(timeout=0)
         return bool(drained)
+
+
+class AdminServer(WSGIServer):
+    """The admin listener: pywsgi's server, its TLS handshakes as the public port's."""
+
+    def wrap_socket_and_handle(self, client_socket, address):
+        return handle_after_handshake(self, client_socket, address, ADMIN_HANDSHAKE_TIMEOUT)
+
+
+def handle_after_handshake(server: WSGIServer, client_socket, address, timeout: float):
+    """TLS: the handshake within `timeout` seconds, then the connection served. One that fails (a
+    port checker that connects and leaves, plain HTTP, an old TLS) is closed without a word, as
+    nginx does at its default log level: no request was made."""
+    client_socket.settimeout(timeout)
+    try:
+        tls_socket = server.wrap_socket(client_socket, **server.ssl_args)
+    except OSError:  # ssl.SSLError, a reset, the timeout: all OSErrors
+        return None  # (the server closes the client's socket)
+    with closing(tls_socket):
+        return server.handle(tls_socket, address)
 
 
 def bind_listener(address: str, port: int, option: str = "--port") -> socket.socket:

@@ -26,7 +26,7 @@ from nmc.cluster import Cluster, make_backend
 from nmc.config import Config
 from nmc.containers import Engine
 from nmc.errors import NmcError, capture
-from nmc.http_server import ErrorLog, ProxyServer, bind_listener
+from nmc.http_server import AdminServer, ErrorLog, ProxyServer, bind_listener
 from nmc.logs import follow_live
 from nmc.proxy import open_access_log
 from nmc.supervisor import Supervisor
@@ -105,7 +105,7 @@ class NmcServer:
                      if self.config.swarm else f"ports {self.config.base_port}-"
                                                f"{self.config.replica_ports[-1]}")
             if admin_listener is not None:
-                self.admin = WSGIServer(admin_listener, cluster.admin_app(), log=None,
+                self.admin = AdminServer(admin_listener, cluster.admin_app(), log=None,
                                         error_log=ErrorLog(), **secure)
                 self.admin.start()
                 log.info("admin interface on %s://%s:%d (status, scale, rollout)", scheme,

@@ -9,6 +9,7 @@ import http.client
 import json
 import shutil
 import signal
+import socket
 import ssl
 import subprocess
 import sys
@@ -82,7 +83,7 @@ def test_https_with_curl_and_python_and_the_replica_hears_https(tls_cluster, pki
 
 
 def test_tls_older_than_1_2_and_plain_http_are_refused(tls_cluster, pki):
-    _process, port, _admin = tls_cluster
+    process, port, admin_port = tls_cluster
     old = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     old.load_verify_locations(str(pki / "ca.pem"))
     with pytest.warns(DeprecationWarning):  # (as it should be)
@@ -94,6 +95,14 @@ def test_tls_older_than_1_2_and_plain_http_are_refused(tls_cluster, pki):
     with pytest.raises((ConnectionError, http.client.HTTPException, OSError)):
         plain.request("GET", "/healthz")
         plain.getresponse().read()
+    for checked in (port, admin_port):
+        for _ in range(3):  # a port checker: connect, close before any handshake
+            socket.create_connection(("127.0.0.1", checked), timeout=5).close()
+        half = socket.create_connection(("127.0.0.1", checked), timeout=5)  # a ClientHello cut short
+        half.sendall(b"\x16\x03\x01\x00\xc8\x01\x00")
+        half.close()
+    assert https_get(port, "/healthz", client_context(pki))[0] == 200  # serving on
+    assert "Traceback" not in process.log, process.log  # and nothing said of those
 
 
 def test_wss_echoes(tls_cluster, pki):
