@@ -32,6 +32,7 @@ of the caller's own body (a file or an iterable) passes through unchanged.
 from __future__ import annotations
 
 import socket
+import time
 from collections.abc import Iterable, Iterator
 
 import requests
@@ -56,6 +57,11 @@ from nmc.http1 import (
 )
 
 RECV = 64 * 1024  # bytes asked for per read of an answer's head (and a small body with it)
+# An idle connection is closed after this long, as Go's Transport (IdleConnTimeout) and nginx's
+# upstream keepalive_timeout do: the connections to a replica that was removed, or moved to
+# another port, would otherwise stay open for good (CLOSE_WAIT, once its end is gone).
+IDLE_TIMEOUT = 60.0
+SWEEP_EVERY = 10.0  # seconds between looks for connections idle too long (at the next request)
 
 
 class NotConnected(requests.exceptions.ConnectionError):
@@ -78,6 +84,7 @@ class RelayAdapter(requests.adapters.BaseAdapter):
         super().__init__()
         self.pool_size = pool_size
         self._pools: dict[str, _HostPool] = {}
+        self._swept = time.monotonic()
 
     def send(self, request: requests.PreparedRequest, stream: bool = False, timeout=None,
              verify=True, cert=None, proxies=None) -> requests.Response:
@@ -87,6 +94,8 @@ class RelayAdapter(requests.adapters.BaseAdapter):
         `verify` and `cert` do not apply to plain http, and `proxies` are not supported."""
         authority, target = _split_url(request.url)
         connect_timeout, read_timeout = timeout if isinstance(timeout, tuple) else (timeout, timeout)
+        if time.monotonic() - self._swept >= SWEEP_EVERY:
+            self._sweep()
         pool = self._pools.get(authority)
         if pool is None:
             pool = self._pools[authority] = _HostPool(authority, self.pool_size)
@@ -121,15 +130,26 @@ class RelayAdapter(requests.adapters.BaseAdapter):
         for pool in self._pools.values():
             pool.clear()
 
+    def _sweep(self) -> None:
+        """Close the connections idle for IDLE_TIMEOUT, and forget the hosts left with none
+        (a replica's old port): their connections in use are closed when done."""
+        self._swept = now = time.monotonic()
+        for authority, pool in list(self._pools.items()):
+            pool.close_idle_since(now - IDLE_TIMEOUT)
+            if not pool.idle:
+                pool.retired = True
+                del self._pools[authority]
+
 
 class _Connection:
     """One socket to a replica, and the bytes read from it past the current answer's head."""
 
-    __slots__ = ("pending", "sock")
+    __slots__ = ("idle_since", "pending", "sock")
 
     def __init__(self, sock: socket.socket):
         self.sock = sock
         self.pending = b""
+        self.idle_since = 0.0  # when it was last put back in its pool
 
     def close(self) -> None:
         try:
@@ -144,7 +164,8 @@ class _HostPool:
     def __init__(self, authority: str, size: int):
         self.family, self.host, self.port = _address(authority)
         self.size = size
-        self.idle: list[_Connection] = []
+        self.idle: list[_Connection] = []  # the longest idle first
+        self.retired = False  # forgotten by its adapter: what is put back is closed
 
     def connect(self, connect_timeout, read_timeout, request) -> _Connection:
         sock = socket.socket(self.family, socket.SOCK_STREAM)
@@ -164,10 +185,19 @@ class _HostPool:
         return _Connection(sock)
 
     def put(self, conn: _Connection) -> None:
-        if len(self.idle) < self.size:
+        if len(self.idle) < self.size and not self.retired:
+            conn.idle_since = time.monotonic()
             self.idle.append(conn)
         else:
             conn.close()
+
+    def close_idle_since(self, moment: float) -> None:
+        """Close the connections idle since before `moment` (at the bottom of the stack)."""
+        stale = 0
+        while stale < len(self.idle) and self.idle[stale].idle_since < moment:
+            self.idle[stale].close()
+            stale += 1
+        del self.idle[:stale]
 
     def clear(self) -> None:
         while self.idle:

@@ -430,3 +430,29 @@ def test_a_session_request_reads_the_whole_answer(serve, session):
     response = session.get(server.url + "/page", timeout=2)
     assert response.text == "plain text" and response.encoding == "utf-8"
     assert response.url == server.url + "/page"
+
+
+def test_connections_idle_too_long_are_closed_and_a_gone_hosts_pool_forgotten(serve, session,
+                                                                              monkeypatch):
+    """A replica removed, or moved to another port, leaves idle connections behind: closed
+    after IDLE_TIMEOUT, at the next request to anyone (else they stay open in CLOSE_WAIT)."""
+    monkeypatch.setattr(transport, "IDLE_TIMEOUT", 0.2)
+    monkeypatch.setattr(transport, "SWEEP_EVERY", 0.0)
+    closed_by_nmc = threading.Event()
+
+    def answer_until_closed(conn, index):
+        while conn.request() is not None:
+            conn.send(ok())
+        closed_by_nmc.set()
+
+    gone = serve(answer_until_closed)
+    send(session, "GET", gone.url + "/").raw.read()
+    adapter = session.get_adapter("http://")
+    assert f"127.0.0.1:{gone.port}" in adapter._pools
+    time.sleep(0.3)  # idle longer than IDLE_TIMEOUT
+    other = serve(keep_answering(ok()))
+    assert send(session, "GET", other.url + "/").raw.read() == b"hello"  # this one sweeps
+    assert closed_by_nmc.wait(5)
+    assert f"127.0.0.1:{gone.port}" not in adapter._pools
+    assert send(session, "GET", other.url + "/").raw.read() == b"hello"  # its own: still pooled
+    assert other.connections == 1
