@@ -131,7 +131,7 @@ DAEMON_JSON = "/etc/docker/daemon.json"
 def own_dockerd() -> tuple[int, list[str]]:
     """The pid and command line of a dockerd this test may restart: only where the run owns its
     engine (CI, or NMC_TEST_ENGINE_RESTART=1), never a developer's own Docker; else a skip."""
-    found = subprocess.run(["pgrep", "-x", "dockerd"], capture_output=True, text=True).stdout.split()
+    found = _dockerds()
     if (os.environ.get("CI") != "true" and os.environ.get("NMC_TEST_ENGINE_RESTART") != "1"
             or len(found) != 1):
         pytest.skip("restarts the Docker engine: only where the run owns it (CI=true or "
@@ -142,18 +142,35 @@ def own_dockerd() -> tuple[int, list[str]]:
 
 def stop_dockerd(pid: int) -> None:
     os.kill(pid, signal.SIGTERM)
-    wait_until(lambda: not os.path.exists(f"/proc/{pid}"), 60, what="dockerd stopped")
+    wait_until(lambda: not _running(pid), 60, what="dockerd stopped")
+
+
+def _running(pid: int) -> bool:
+    """Whether `pid` runs (a zombie, ended but not yet reaped by its parent, does not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
 
 
 def start_dockerd(command: list[str]) -> int:
     """dockerd started again as before (its log where scripts/ensure-docker.sh puts it), once it
-    answers; its pid."""
+    answers; its pid. As scripts/ensure-docker.sh does, in a session of its own and no child of
+    ours (`setsid --fork`): it outlives the test run, and the next restart sees it end."""
     with open("/var/log/nmc-dockerd.log", "ab") as log:
-        started = subprocess.Popen(command, stdout=log, stderr=log, stdin=subprocess.DEVNULL,
-                                   start_new_session=True)
+        subprocess.run(["setsid", "--fork", *command], stdout=log, stderr=log,
+                       stdin=subprocess.DEVNULL, check=True, timeout=30)
     wait_until(lambda: subprocess.run(["docker", "info"], capture_output=True).returncode == 0,
                90, interval=0.5, what="dockerd answering again")
-    return started.pid
+    (found,) = _dockerds()
+    return found
+
+
+def _dockerds() -> list[int]:
+    """The dockerd processes that run (pgrep also lists one that ended and awaits its reaping)."""
+    found = subprocess.run(["pgrep", "-x", "dockerd"], capture_output=True, text=True).stdout
+    return [int(pid) for pid in found.split() if _running(int(pid))]
 
 
 @contextmanager
@@ -169,8 +186,7 @@ def live_restore(pid: int):
     try:
         yield
     finally:
-        running = subprocess.run(["pgrep", "-x", "dockerd"], capture_output=True, text=True).stdout
-        reload_with({**settings, "live-restore": was}, int(running.split()[0]))
+        reload_with({**settings, "live-restore": was}, _dockerds()[0])
         if original is None:
             os.unlink(DAEMON_JSON)
         else:
