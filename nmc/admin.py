@@ -4,6 +4,8 @@ and the same app on the cluster's Unix socket (nmc.admin_socket), which needs no
     GET  /          the live dashboard (nmc/dashboard.html: one page, no outside resources)
     GET  /status    the cluster as JSON: settings, each replica, totals, this process's figures
     GET  /metrics   Prometheus text format (nmc.metrics)
+    GET  /events    the cluster's recent events (nmc.events), ?after=N: those after the Nth
+    GET  /history   the last five minutes of requests/s, errors/s, p50 and p99 (nmc.history)
     POST /scale     {"replicas": N}: grow or shrink the pool (answers when done)
     POST /rollout   {"image": "name"} (optional): zero-downtime rolling update (answers when done)
 
@@ -19,17 +21,23 @@ import http.client
 import importlib.resources
 import ipaddress
 import json
+import logging
 import time
 from typing import Callable, Protocol
+from urllib.parse import parse_qs
 
 from nmc import metrics, process_stats
 from nmc.admin_auth import Guard
 from nmc.admin_socket import UnixHTTPConnection, socket_path
 from nmc.config import Config
 from nmc.counters import RelayCounters
+from nmc.events import EventLog
+from nmc.history import History
 from nmc.errors import NmcError, UsageError
 from nmc.pool import Pool
 from nmc.replica import Replica, State
+
+log = logging.getLogger(__name__)
 
 MAX_BODY = 64 * 1024
 CHANGE_TIMEOUT = 3600  # seconds a client waits for a scale or rollout to finish
@@ -72,10 +80,13 @@ class AdminApp:
 
     def __init__(self, config: Config, control: Control, started: float | None = None,
                  counts: Callable[[Replica], RelayCounters] | None = None,
-                 guard: Guard | None = None):
+                 guard: Guard | None = None, events: EventLog | None = None,
+                 history: History | None = None):
         self.config = config
         self.control = control
         self.guard = guard  # None: no token asked (the Unix socket: its mode is the credential)
+        self.events = events or EventLog()  # (none heard: tests of the routes alone)
+        self.history = history or History(control.pool)  # (never read: likewise)
         self.started = started or time.time()
         self.counts = counts or own_counts
         self._dashboard: bytes | None = None
@@ -98,6 +109,8 @@ class AdminApp:
                              [("WWW-Authenticate", 'Bearer realm="nmc"')])
         routes = {
             ("GET", "/status"): self.status,
+            ("GET", "/events"): self.recent_events,
+            ("GET", "/history"): self.recent_history,
             ("POST", "/scale"): self.scale,
             ("POST", "/rollout"): self.rollout,
         }
@@ -144,6 +157,9 @@ class AdminApp:
             "image": self.control.image,
             "image_id": self.control.image_id,
             "listening": f"{self.config.bind}:{self.config.port}",
+            "admin_url": (f"{'https' if self.config.certfile else 'http'}://"
+                          f"{self.config.admin_bind}:{self.config.admin_port}/"
+                          if self.config.admin_port else None),
             "uptime_seconds": round(time.time() - self.started, 1),
             "settings": {"replicas": len(self.control.in_service()),
                          "base_port": self.config.base_port,
@@ -159,16 +175,28 @@ class AdminApp:
                 "errors": sum(r["errors"] for r in replicas),
                 "restarts": sum(r["restarts"] for r in replicas),
             },
+            "events": self.events.latest(),
             "process": process_stats.snapshot(
                 replica_ports={r.address.port for r in self.control.pool if r.address},
                 skip_ports=(self.config.admin_port,)),
         }
 
+    def recent_events(self, environ) -> dict:
+        """GET /events?after=N: the events numbered after N (all those kept without it)."""
+        after = parse_qs(environ.get("QUERY_STRING", "")).get("after", ["0"])[0]
+        if not after.isdigit():
+            raise UsageError(f"after must be an event's number, not {after!r}")
+        return {"events": self.events.after(int(after)), "last": self.events.last}
+
+    def recent_history(self, environ) -> dict:
+        """GET /history: the last five minutes, one point per SAMPLE_EVERY seconds."""
+        return {"every_seconds": self.history.every, "points": self.history.points()}
+
     def scale(self, environ) -> dict:
         count = _read_json(environ).get("replicas")
         if isinstance(count, bool) or not isinstance(count, int):
             raise UsageError('send {"replicas": N} with N a whole number')
-        return {"message": self.control.scale(count)}
+        return {"message": self._said(f"scale to {count} replicas", self.control.scale, count)}
 
     def rollout(self, environ) -> dict:
         request = _read_json(environ)
@@ -177,7 +205,21 @@ class AdminApp:
             raise UsageError('"image" must be an image name')
         if surge is not None and (isinstance(surge, bool) or not isinstance(surge, int) or surge < 1):
             raise UsageError('"max_surge" must be a whole number from 1')
-        return {"message": self.control.rollout(image, surge)}
+        return {"message": self._said(f"rollout of {image or self.control.image}",
+                                      self.control.rollout, image, surge)}
+
+    @staticmethod
+    def _said(what: str, change: Callable[..., str], *args) -> str:
+        """A change asked for through the admin interface, and its outcome, said in the log
+        (and so among the cluster's events) as well as to whoever asked."""
+        log.info("admin: %s asked for", what)
+        try:
+            outcome = change(*args)
+        except NmcError as e:
+            log.warning("admin: %s failed: %s", what, e)
+            raise
+        log.info("admin: %s", outcome)
+        return outcome
 
 
 def own_counts(replica: Replica) -> RelayCounters:
@@ -262,14 +304,14 @@ CONNECT_TIMEOUT = 3  # seconds to reach the cluster (on this host: refused or ta
 
 
 def call(where: int | str, method: str, path: str, body: dict | None = None,
-         token: str | None = None) -> dict:
+         token: str | None = None, timeout: float = CHANGE_TIMEOUT) -> dict:
     """One request to a running nmc-server: `where` is its --name (its Unix socket on this host,
     which needs no token) or an admin port; NmcError (one line) on any failure."""
     if isinstance(where, str):
-        connection = UnixHTTPConnection(socket_path(where), CHANGE_TIMEOUT, CONNECT_TIMEOUT)
+        connection = UnixHTTPConnection(socket_path(where), timeout, CONNECT_TIMEOUT)
         what = f"the admin socket {socket_path(where)}"
     else:
-        connection = http.client.HTTPConnection("127.0.0.1", where, timeout=CHANGE_TIMEOUT)
+        connection = http.client.HTTPConnection("127.0.0.1", where, timeout=timeout)
         what = f"admin port {where}"
     payload = None if body is None else json.dumps(body).encode()
     headers = {"Content-Type": "application/json"} if payload is not None else {}
@@ -311,6 +353,45 @@ def _unreachable(where: int | str, what: str, error: Exception) -> str:
     if isinstance(error, http.client.RemoteDisconnected):
         return f"{what}: the connection closed before an answer (did nmc-server stop?)"
     return f"{what}: {getattr(error, 'strerror', None) or error}"
+
+
+LIST_TIMEOUT = 5  # seconds `nmc-server ls` waits for each cluster's answer
+
+
+def list_clusters() -> list[dict]:
+    """`nmc-server ls`: the clusters running on this host, found by their sockets in the run
+    directory, each with its /status (or, for one that does not answer in time, its error)."""
+    folder = socket_path("x").parent
+    try:
+        names = sorted(path.name[:-len(".sock")] for path in folder.glob("*.sock"))
+    except OSError:
+        names = []
+    clusters = []
+    for name in names:
+        try:
+            clusters.append(call(name, "GET", "/status", timeout=LIST_TIMEOUT))
+        except AdminUnreachable as e:
+            if "no nmc-server named" not in str(e):  # (a stale socket: its nmc is gone)
+                clusters.append({"cluster": name, "error": str(e)})
+        except NmcError as e:
+            clusters.append({"cluster": name, "error": str(e)})
+    return clusters
+
+
+def format_clusters(clusters: list[dict]) -> str:
+    """The clusters as a table, like `docker ps` or `pm2 ls`."""
+    rows = [("NAME", "ADDRESS", "READY", "IMAGE", "UPTIME", "ADMIN")]
+    for cluster in clusters:
+        if "error" in cluster:
+            rows.append((cluster["cluster"], "-", "-", "-", "-", f"({cluster['error']})"))
+            continue
+        rows.append((cluster["cluster"], cluster["listening"],
+                     f"{cluster['totals']['ready']}/{cluster['settings']['replicas']}",
+                     cluster["image"], _duration(cluster["uptime_seconds"]),
+                     cluster.get("admin_url") or "-"))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip()
+                     for row in rows)
 
 
 def format_status(status: dict) -> str:

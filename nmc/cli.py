@@ -9,6 +9,7 @@ import itertools
 import logging
 import re
 import sys
+import time
 from contextlib import contextmanager
 
 import gevent
@@ -30,6 +31,8 @@ Usage:
   nmc-server rollout [--image IMAGE] [--max-surge N] [--admin-port PORT] [--name NAME]
                      [--admin-token-file FILE]
   nmc-server logs [-f] [--name NAME]
+  nmc-server events [-f] [--name NAME]
+  nmc-server ls
   nmc-server -h | --help
   nmc-server -v | --version
 
@@ -119,7 +122,8 @@ Options:
                              combined log format plus request id, replica and time taken.
   --logs                     Also print the replicas' output, each line prefixed with its
                              replica (as `nmc-server logs -f` does).
-  -f, --follow               (logs) Keep printing new lines, also of replicas started later.
+  -f, --follow               (logs, events) Keep printing new lines, also of replicas
+                             started later.
   -h, --help                 Show this help and exit.
   -v, --version              Show the version and exit.
 
@@ -132,13 +136,18 @@ Subcommands, for a running cluster on this host, found by --name:
                              it and rolls back. SIGHUP to nmc-server does the same.
   logs                       Print the replicas' logs merged, each line prefixed with its
                              replica (-f: keep following).
+  events                     Print its recent events: state changes and why, exits, OOM kills,
+                             the steps of scales and rollouts (-f: keep following).
+  ls                         List the clusters running on this host: name, address, replicas
+                             ready, image, uptime, admin URL.
 
 RUN_DIR is $NMC_RUN_DIR, else $XDG_RUNTIME_DIR/nmc-UID, else /tmp/nmc-UID. Replicas publish
 their port on 127.0.0.1 only. Ctrl-C or SIGTERM stops the server: in-flight requests finish,
 then the replicas are removed (unless --keep); a second Ctrl-C stops at once.
 """
 
-COMMANDS = ("status", "scale", "rollout", "logs")
+COMMANDS = ("status", "scale", "rollout", "logs", "events", "ls")
+EVENTS_POLL = 1.0  # seconds between looks for new events (events -f)
 
 # Go's log package format, as the original printed: 2020/08/05 22:16:19 message
 LOG_FORMAT = "%(asctime)s %(message)s"
@@ -215,6 +224,29 @@ def _given(argv: list[str], option: str) -> bool:
     return False
 
 
+def _events(args: dict) -> int:
+    """events [-f]: the cluster's recent events, in the log's own format; -f: then the new ones
+    as they come, until Ctrl-C (or the cluster stops)."""
+    from nmc import admin
+
+    name = Config.from_strings({"name": args["--name"]}).name
+    seen = 0
+    try:
+        while True:
+            answer = admin.call(name, "GET", f"/events?after={seen}", timeout=admin.LIST_TIMEOUT)
+            for event in answer["events"]:
+                when = time.strftime(LOG_DATE_FORMAT, time.localtime(event["time"]))
+                print(f"{when} {event['message']}", flush=True)
+            seen = answer["last"]
+            if not args["--follow"]:
+                return 0
+            time.sleep(EVENTS_POLL)
+    except NmcError as e:
+        return _fail(e)
+    except KeyboardInterrupt:
+        return 0
+
+
 def _logs(args: dict) -> int:
     from nmc.logs import show_logs  # imports docker
 
@@ -277,6 +309,13 @@ def main(argv: list[str] | None = None) -> int:
         args = _parse(argv)
         if args["logs"]:
             return _logs(args)
+        if args["events"]:
+            return _events(args)
+        if args["ls"]:
+            from nmc import admin
+
+            print(admin.format_clusters(admin.list_clusters()))
+            return 0
         if args["status"] or args["scale"] or args["rollout"]:
             return _admin_command(args, argv)
         config = _config_from(args)

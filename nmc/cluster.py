@@ -12,10 +12,12 @@ import logging
 from typing import Protocol
 
 from nmc import admin_auth
-from nmc.admin import AdminApp
+from nmc.admin import AdminApp, own_counts
 from nmc.backend import Backend
 from nmc.config import Config
 from nmc.containers import ContainerBackend, Engine
+from nmc.events import EventLog
+from nmc.history import History
 from nmc.pool import Pool
 from nmc.proxy import Proxy
 from nmc.replica import Replica
@@ -43,6 +45,8 @@ class Cluster:
     def __init__(self, config: Config, access_log=None):
         self.config = config
         self.pool = Pool()
+        self.events = EventLog()  # heard once this process supervises
+        self.history = History(self.pool)  # read once this process serves the admin interface
         self.supervisor: Supervisor | None = None
         self._reports: FailureReports | None = None
         self.proxy = Proxy(self.pool, self.report_failure,
@@ -54,6 +58,7 @@ class Cluster:
 
     def supervise(self, backend: Backend) -> Supervisor:
         """This process supervises the replicas on `backend` (start them with .start())."""
+        self.events.follow()
         self.supervisor = Supervisor(self.config, backend, self.pool)
         self._reports = self.supervisor
         return self.supervisor
@@ -74,10 +79,14 @@ class Cluster:
         scheme = "https" if config.certfile else "http"
         log.info("admin token in %s; the dashboard with it: %s://%s:%d/?token=%s", where, scheme,
                  config.admin_bind, config.admin_port, token)
+        self.history.start(counts or own_counts)
         return AdminApp(config, self.supervisor, started, counts,
-                        admin_auth.Guard(token, config.admin_bind, where))
+                        admin_auth.Guard(token, config.admin_bind, where), self.events,
+                        self.history)
 
     def socket_app(self, started: float | None = None, counts=None) -> AdminApp:
         """The same interface on the cluster's Unix socket (nmc.admin_socket): no token, the
         socket file's mode (0600) is the credential."""
-        return AdminApp(self.config, self.supervisor, started, counts)
+        self.history.start(counts or own_counts)
+        return AdminApp(self.config, self.supervisor, started, counts, events=self.events,
+                        history=self.history)

@@ -8,6 +8,7 @@ to the subcommands alike.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import stat
@@ -122,6 +123,18 @@ def test_two_clusters_side_by_side_each_answer_by_name(other_name, run_nmc, clus
     assert not (run_dir / f"{other_name}.sock").exists()
 
 
+class _AnyUptime(str):
+    """Equal to any duration `nmc-server ls` prints (3s, 1m02s)."""
+
+    def __eq__(self, other):
+        return isinstance(other, str) and bool(re.fullmatch(r"\d+s|\d+m\d\ds|\d+h\d\dm", other))
+
+    __hash__ = str.__hash__
+
+
+ANY_UPTIME = _AnyUptime("<uptime>")
+
+
 def ports_with_room_for_the_defaults() -> int:
     """A free port P whose default neighbours are free too: P+1, P+2 (the replicas) and P+100
     (the admin port)."""
@@ -153,6 +166,14 @@ def test_two_clusters_with_nothing_but_another_name_and_port_run_side_by_side(
             assert get(f"http://127.0.0.1:{port}/whoami").status_code == 200
             table = command(run_dir, "status", "--name", name)
             assert f"cluster {name}: 2/2 ready" in table.stdout, table.stderr
+        (run_dir / "gone.sock").touch()  # not a socket that answers: not listed
+        listed = command(run_dir, "ls")
+        assert listed.returncode == 0, listed.stderr
+        assert [line.split() for line in listed.stdout.splitlines()] == [
+            ["NAME", "ADDRESS", "READY", "IMAGE", "UPTIME", "ADMIN"],
+            *sorted([name, f"127.0.0.1:{port}", "2/2", IMAGE, ANY_UPTIME,
+                     f"http://127.0.0.1:{port + 100}/"]
+                    for name, port in ((cluster_name, first_port), (other_name, second_port)))]
     finally:
         for process in clusters:
             process.stop()

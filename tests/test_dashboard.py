@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import pytest
 import requests
 
-from conftest import ROOT, wait_until
+from conftest import ROOT, Load, wait_until
 from test_admin import AdminCluster
 
 DASH = "–"
@@ -215,3 +215,59 @@ def _status_or_none(cluster: AdminCluster) -> dict | None:
         return cluster.status()
     except requests.RequestException:
         return None
+
+
+CHARTS_JS = """return Object.fromEntries(['rate', 'latency', 'errors'].map(id => {
+    const svg = document.getElementById('chart-' + id);
+    const lines = [...svg.querySelectorAll('polyline')];
+    return [id, {points: Number(svg.dataset.points), series: lines.map(l => l.dataset.series),
+                 cluster: Number((lines.find(l => l.dataset.series === 'cluster') || {dataset: {points: 0}}).dataset.points)}];
+  }));"""
+EVENTS_JS = """return [...document.querySelectorAll('#events li')].map(item => ({
+    replica: item.dataset.replica, level: item.className, text: item.textContent}));"""
+
+
+def test_the_charts_carry_the_last_minutes_and_the_events_show_a_kill(chrome, run_nmc,
+                                                                       cluster_name, docker_client,
+                                                                       tmp_path, capsys):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    cluster = AdminCluster(run_nmc, cluster_name)
+    token = cluster.auth["Authorization"].split()[1]
+    load = Load(cluster.url, clients=2, limit=120)
+    try:
+        chrome.get(f"{cluster.admin}/?token={token}")
+        wait = WebDriverWait(chrome, 60, poll_frequency=0.5)
+        # two readings of the counts (5 s apart) make a point, three a line; the page asks
+        # every 5 s
+        wait.until(lambda d: all(chart["cluster"] >= 2 for chart in
+                                 d.execute_script(CHARTS_JS).values()))
+        charts = chrome.execute_script(CHARTS_JS)
+        replicas = sorted(r["name"] for r in cluster.status()["replicas"])
+        assert sorted(set(charts["rate"]["series"]) - {"cluster"}) == replicas, charts
+        assert "cluster" in charts["latency"]["series"]
+        history = requests.get(cluster.admin + "/history", timeout=10).json()
+        assert history["points"][-1]["cluster"]["requests_per_second"] > 0
+
+        victim = replicas[0]
+        docker_client.containers.get(victim).kill()  # the test's own docker kill
+        wait.until(lambda d: any(e["replica"] == victim and "exited with code 137" in e["text"]
+                                 for e in d.execute_script(EVENTS_JS)))
+        events = chrome.execute_script(EVENTS_JS)
+        down = [e for e in events if e["replica"] == victim and "-> down" in e["text"]]
+        assert down and down[0]["level"] == "warning", events
+        wait.until(lambda d: any(e["replica"] == victim and "starting -> ready" in e["text"]
+                                 for e in d.execute_script(EVENTS_JS)))  # and its replacement
+    finally:
+        load.stop()
+    severe = [entry for entry in chrome.get_log("browser") if entry["level"] == "SEVERE"]
+    assert severe == [], severe
+    screenshot = tmp_path / "dashboard-history.png"
+    assert chrome.save_screenshot(str(screenshot))
+    with capsys.disabled():
+        charts = chrome.execute_script(CHARTS_JS)
+        print(f"\ndashboard screenshot: {screenshot} ({screenshot.stat().st_size} bytes): charts "
+              + ", ".join(f"{name} {chart['points']} points in {len(chart['series'])} lines"
+                          for name, chart in charts.items())
+              + f"; {len(chrome.execute_script(EVENTS_JS))} events, newest: "
+              + chrome.execute_script(EVENTS_JS)[0]["text"])
