@@ -17,7 +17,8 @@ Configs (all but pm2-i2 and gunicorn-w2 relay to the SAME two replicas, those of
   `http-proxy`  bench/node/hp_proxy.js (npm http-proxy 1.18.1, keep-alive agent)
   `nmc-tls`     ./nmc_server.py --name <nmc's> --port T --base-port B -n 2 -q --keep --admin-port 0
                 --certfile C --keyfile K: a second nmc that adopts nmc's two replicas (same name,
-                same settings) and, with --keep, leaves them to nmc on exit; stopped before nmc
+                same settings; NMC_RUN_DIR of its own, for its socket) and, with --keep, leaves
+                them to nmc on exit; stopped before nmc
   `nginx-tls`   nginx-w1's configuration with `listen ... ssl` and NGINX_TLS (Mozilla's
                 "intermediate": TLS 1.2 and 1.3, shared session cache 10m, no tickets)
 C and K: a self-signed ECDSA P-256 certificate for localhost and 127.0.0.1 that the run makes with
@@ -265,12 +266,18 @@ class Run:
                                                 stdout=out, stderr=subprocess.STDOUT,
                                                 **own_session(), **kw)
 
-    def start_nmc(self, cfg: str, port: int, base: int, *more: str) -> None:
+    def start_nmc(self, cfg: str, port: int, base: int, *more: str,
+                  run_dir: Path | None = None) -> None:
+        """`run_dir`: a run directory of its own (NMC_RUN_DIR), for a second nmc-server of
+        the same --name (its socket there does not meet the first one's)."""
         argv = ["./nmc_server.py", "--name", self.name, "--bind", "127.0.0.1", "--port", str(port),
                 "--base-port", str(base), "-n", "2", "-q", *more]
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        if run_dir is not None:
+            run_dir.mkdir(mode=0o700, exist_ok=True)
+            env["NMC_RUN_DIR"] = str(run_dir)
         self.start(cfg, [sys.executable, *argv], port,
-                   " ".join(argv).replace(str(self.tmp), "TMP"), f"{cfg}.log",
-                   env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                   " ".join(argv).replace(str(self.tmp), "TMP"), f"{cfg}.log", env=env)
 
     def make_cert(self) -> str | None:
         """A self-signed certificate for localhost and 127.0.0.1 (CERT_KEY) and its key in
@@ -711,9 +718,11 @@ def main(argv=None) -> int:
             run.start_http_proxy(base + 6, B)
         replicas = labelled(run.name)
         if "nmc-tls" in args.configs:  # the same cluster's name: it adopts nmc's two replicas
+            # (in a run directory of its own: one nmc-server of a name per run directory)
             log(f"starting nmc-tls on 127.0.0.1:{base + 12}: --certfile, the same replicas")
             run.start_nmc("nmc-tls", base + 12, B, "--keep", "--admin-port", "0",
-                          "--certfile", str(run.cert), "--keyfile", str(run.key))
+                          "--certfile", str(run.cert), "--keyfile", str(run.key),
+                          run_dir=run.tmp / "nmc-tls-run")
         if "nginx-tls" in args.configs:
             run.start_nginx("nginx-tls", tools["nginx"], base + 13, B)
         for cfg in ("nginx-w1", "naive", "http-proxy", "nmc-tls", "nginx-tls"):
