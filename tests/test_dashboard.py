@@ -258,6 +258,14 @@ def test_the_charts_carry_the_last_minutes_and_the_events_show_a_kill(chrome, ru
         assert down and down[0]["level"] == "warning", events
         wait.until(lambda d: any(e["replica"] == victim and "starting -> ready" in e["text"]
                                  for e in d.execute_script(EVENTS_JS)))  # and its replacement
+        # a replica killed out of memory, as /status says it (tests/test_limits.py makes a real
+        # one): the page's own rendering of that status, on a copy of the latest with it
+        exit_cell = chrome.execute_script(
+            "const status = structuredClone(latest);"
+            "Object.assign(status.replicas[0], {last_exit_code: 137, last_exit_out_of_memory: true});"
+            "render(status, performance.now());"
+            "return document.querySelector('#replicas tr td.exit').textContent;")
+        assert exit_cell == "137 (out of memory)"
     finally:
         load.stop()
     severe = [entry for entry in chrome.get_log("browser") if entry["level"] == "SEVERE"]
