@@ -27,7 +27,9 @@ pm2@7 and http-proxy@1.18.1 are `npm install`ed into the run's temp folder (PM2_
 without node/npm, or without gunicorn / nmc/wsgi.py, those configs are written as skipped.
 
 Loads, per config (wrk -t1): GET /healthz at -c64 and -c256 (--latency); GET /big?mb=10 and
-POST /echo with a 10 MiB body (wrk Lua script), both at -c4. The TLS configs: GET /healthz at
+POST /echo with a 10 MiB body (wrk Lua script), both at -c4; for nginx-w1, nmc, gunicorn-w2,
+pm2-i2 and http-proxy also GET /healthz at -c64 with a new connection per request ("fresh"). The
+TLS configs: GET /healthz at
 -c64 only, kept alive and with a new connection per request ("fresh": -H 'Connection: close', so
 a full TLS handshake each, wrk resumes no session); no idle test (bench/idle_conns.py speaks
 plain HTTP). A warm-up (wrk -c256 /healthz) first, then --reps interleaved repetitions (every
@@ -102,6 +104,15 @@ NODE_CONFIGS = ("pm2-i2", "http-proxy")  # need node + npm (pm2, http-proxy from
 PLAIN_LOADS = ("c64", "c256", "get10", "post10")
 TLS_LOADS = ("c64", "fresh")  # fresh: a new connection (so a TLS handshake) per request
 LOADS = (*PLAIN_LOADS, "fresh")
+# The relays measured with a new connection per request over plain HTTP too, as health checkers
+# and webhooks send (not direct: no relay; not naive: too slow to say anything)
+FRESH_CONFIGS = ("nginx-w1", "nmc", "gunicorn-w2", "pm2-i2", "http-proxy")
+
+
+def loads_of(cfg: str) -> tuple[str, ...]:
+    if cfg in TLS_CONFIGS:
+        return TLS_LOADS
+    return (*PLAIN_LOADS, "fresh") if cfg in FRESH_CONFIGS else PLAIN_LOADS
 # Mozilla's "intermediate" server settings (ssl-config.mozilla.org, nginx), without the DHE
 # suites (no dhparam file): TLS 1.2 and 1.3, a shared session cache, no session tickets
 TLS12_SUITES = ":".join(f"ECDHE-{key}-{cipher}" for cipher in ("AES128-GCM-SHA256",
@@ -779,7 +790,7 @@ def main(argv=None) -> int:
             for load in LOADS:
                 wrk_args, path = load_args(load, dur, lua)
                 for cfg in order:
-                    if load not in (TLS_LOADS if cfg in TLS_CONFIGS else PLAIN_LOADS):
+                    if load not in loads_of(cfg):
                         continue
                     log(f"rep {r + 1}/{args.reps} {load} {cfg}")
                     d = measure(run, wrk, cfg, path, wrk_args, dur, groups_of[cfg],

@@ -106,6 +106,11 @@ def targets(args, rows, rss1, idle, starts, skipped) -> list[str]:
     ok = None if why or None in oks else all(oks)
     line("nmc 10 MiB ≥ 0.9 × nginx-w1 both directions, with flat RSS (grows < 10 MiB)", ok,
          ", ".join(parts), why)
+    fresh, hp = med(get("nmc", "fresh"), "rps"), med(get("http-proxy", "fresh"), "rps")
+    why = missing("nmc", "http-proxy")
+    x = fresh / hp if not why and hp else NAN
+    line("nmc ≥ 1.0 × http-proxy with a new connection per request (c64)",
+         None if x != x else x >= 1.0, f"{x:.3f} × ({fmt(fresh)} against {fmt(hp)} req/s)", why)
     rss = rss1.get("nmc", NAN)
     line("nmc RSS ≤ 60 MB after load", None if rss != rss else rss <= 60, f"{rss:.1f} MiB",
          missing("nmc"))
@@ -124,6 +129,31 @@ def targets(args, rows, rss1, idle, starts, skipped) -> list[str]:
          f"{fmt(d[8], 2)} s, {ratio(d[8], d[1])} ×)",
          "--no-startup" if args.no_startup else "a start-up attempt failed (see below)")
     return out
+
+
+FRESH_NAMES = {"nginx-w1": "nginx-w1", "nmc": "**nmc**", "gunicorn-w2": "**gunicorn-w2**",
+               "pm2-i2": "pm2-i2 (no Docker)", "http-proxy": "http-proxy"}
+
+
+def fresh_section(args, rows) -> list[str]:
+    """A new connection per request over plain HTTP (-H 'Connection: close'): the relays side by
+    side, and nmc against node's http-proxy (the issue's target: at least as fast)."""
+    ran = [cfg for cfg in FRESH_NAMES if rows.get((cfg, "fresh"))]
+    if not ran:
+        return []
+    hp = med(rows.get(("http-proxy", "fresh"), []), "rps")
+    L = ["\n## A new connection per request (plain HTTP)\n",
+         "GET /healthz at -c64 with `Connection: close`: every request a TCP connect, one answer, "
+         "a close (health checkers, webhooks). x http-proxy: req/s against node's http-proxy's.", "",
+         "| config | req/s | p50 / p99 ms | errors | proxy CPU µs/req | x http-proxy req/s |",
+         "|---|---:|---:|---:|---:|---:|"]
+    for cfg in ran:
+        runs = rows[(cfg, "fresh")]
+        L.append(f"| {FRESH_NAMES[cfg]} | {fmt(med(runs, 'rps'))} | {fmt(med(runs, 'p50'), 2)} / "
+                 f"{fmt(med(runs, 'p99'), 1)} | {sum(r['err'] for r in runs)} | "
+                 f"{fmt(med(runs, 'us_proxy'), 1)} | {ratio(med(runs, 'rps'), hp)} |")
+    L.append("")
+    return L
 
 
 def tls_ratios(rows) -> str:
@@ -321,6 +351,7 @@ def render(*, args, run, rows, rss0, rss1, idle, starts, notes, skipped, interru
                  f"answered through its port {fmt(t_ready.get('gunicorn-w2', NAN), 1)} s after "
                  f"the run began (nmc: {fmt(t_ready.get('nmc', NAN), 1)} s).")
 
+    L += fresh_section(args, rows)
     if any(c in args.configs for c in TLS_CONFIGS):
         L += tls_section(args, run, rows)
 
