@@ -29,6 +29,7 @@ from urllib.parse import parse_qs
 from nmc import metrics, process_stats
 from nmc.admin_auth import Guard
 from nmc.admin_socket import UnixHTTPConnection, socket_path
+from nmc.run_dir import run_dir
 from nmc.config import Config
 from nmc.counters import RelayCounters
 from nmc.events import EventLog
@@ -361,9 +362,8 @@ LIST_TIMEOUT = 5  # seconds `nmc-server ls` waits for each cluster's answer
 def list_clusters() -> list[dict]:
     """`nmc-server ls`: the clusters running on this host, found by their sockets in the run
     directory, each with its /status (or, for one that does not answer in time, its error)."""
-    folder = socket_path("x").parent
     try:
-        names = sorted(path.name[:-len(".sock")] for path in folder.glob("*.sock"))
+        names = sorted(path.name[:-len(".sock")] for path in run_dir().glob("*.sock"))
     except OSError:
         names = []
     clusters = []

@@ -187,22 +187,11 @@ class Config:
             option = "--" + f.name.replace("_", "-")
             if f.name == "env":
                 continue  # below, with --env-file
-            if f.name == "cap_add":
-                kwargs[f.name] = _read_capabilities(raw)
-                continue
-            if f.name == "build_arg":
-                kwargs[f.name] = _read_build_args(raw)
-                continue
-            if f.name == "network":
-                kwargs[f.name] = _read_networks(raw)
-                continue
-            if f.name == "volume":
-                kwargs[f.name] = _read_volumes(raw)
-                continue
-            if f.name in ("max_body_size", "memory"):
+            if f.name in READERS:
+                kwargs[f.name] = READERS[f.name](raw)
+            elif f.name in SIZES:
                 kwargs[f.name] = _parse_size(option, raw)
-                continue
-            if f.type == "bool":
+            elif f.type == "bool":
                 kwargs[f.name] = _parse_bool(option, raw)
             elif f.type == "int":
                 kwargs[f.name] = _parse_number(option, raw, int)
@@ -286,10 +275,7 @@ def _items(raw) -> list[str]:
 def _read_build_args(raw) -> tuple[tuple[str, str], ...]:
     """--build-arg KEY=VALUE items (a bare KEY takes its value from nmc's own environment, as
     docker build does)."""
-    args: dict[str, str] = {}
-    for item in raw if isinstance(raw, (list, tuple)) else str(raw).splitlines():
-        _add_env(args, item, f"--build-arg {item!r}")
-    return tuple(args.items())
+    return tuple(_read_pairs(raw, "--build-arg").items())
 
 
 def _read_networks(raw) -> tuple[str, ...]:
@@ -348,11 +334,17 @@ def _read_env(items, env_file: str) -> tuple[tuple[str, str], ...]:
             raise UsageError(f"--env-file {env_file}: {e.strerror}") from None
         except UnicodeDecodeError:
             raise UsageError(f"--env-file {env_file}: not a text file") from None
-    if isinstance(items, str):
-        items = items.splitlines()
-    for item in items or ():
-        _add_env(env, item, f"-e {item!r}")
+    env.update(_read_pairs(items, "-e"))
     return tuple(env.items())
+
+
+def _read_pairs(items, option: str) -> dict[str, str]:
+    """KEY=VALUE items (a list, or a string of one per line: an NMC_* variable), later ones
+    winning; a bare KEY takes its value from nmc's own environment."""
+    pairs: dict[str, str] = {}
+    for item in items.splitlines() if isinstance(items, str) else items or ():
+        _add_env(pairs, item, f"{option} {item!r}")
+    return pairs
 
 
 def _add_env(env: dict[str, str], item: str, where: str) -> None:
@@ -363,6 +355,13 @@ def _add_env(env: dict[str, str], item: str, where: str) -> None:
         env[key] = value
     elif key in os.environ:
         env[key] = os.environ[key]
+
+
+# The options whose values are read by a function of their own (repeatable, or of a syntax of
+# their own), and those that are sizes (10m, 512k).
+READERS = {"cap_add": _read_capabilities, "build_arg": _read_build_args,
+           "network": _read_networks, "volume": _read_volumes}
+SIZES = ("max_body_size", "memory")
 
 
 def _check_port(option: str, value: int) -> None:
