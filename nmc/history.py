@@ -39,10 +39,6 @@ class History:
         if self._sampler is None:
             self._sampler = gevent.spawn(self._sample_forever, counts)
 
-    def stop(self) -> None:
-        if self._sampler is not None:
-            self._sampler.kill(block=False)
-
     def _sample_forever(self, counts) -> None:
         while True:
             self.read(counts)
