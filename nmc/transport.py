@@ -31,12 +31,15 @@ of the caller's own body (a file or an iterable) passes through unchanged.
 
 from __future__ import annotations
 
+import datetime
+import functools
 import socket
 import time
 from collections.abc import Iterable, Iterator
 
 import requests
 import requests.adapters
+import requests.cookies
 import urllib3
 from requests.structures import CaseInsensitiveDict
 from requests.utils import get_encoding_from_headers
@@ -62,6 +65,7 @@ RECV = 64 * 1024  # bytes asked for per read of an answer's head (and a small bo
 # another port, would otherwise stay open for good (CLOSE_WAIT, once its end is gone).
 IDLE_TIMEOUT = 60.0
 SWEEP_EVERY = 10.0  # seconds between looks for connections idle too long (at the next request)
+NO_TIME = datetime.timedelta(0)  # Response.elapsed: not measured (the proxy times an exchange)
 
 
 class NotConnected(requests.exceptions.ConnectionError):
@@ -114,16 +118,7 @@ class RelayAdapter(requests.adapters.BaseAdapter):
                                                  reused=False))
 
     def _response(self, request: requests.PreparedRequest, answer: Answer) -> requests.Response:
-        response = requests.Response()
-        response.status_code = answer.status
-        response.reason = answer.reason
-        response.headers = CaseInsensitiveDict(_joined(answer.headers))
-        response.encoding = get_encoding_from_headers(response.headers)
-        response.raw = answer
-        response.url = request.url
-        response.request = request
-        response.connection = self
-        return response
+        return RelayResponse(request, answer, self)
 
     def close(self) -> None:
         """Close every idle connection."""
@@ -139,6 +134,40 @@ class RelayAdapter(requests.adapters.BaseAdapter):
             if not pool.idle:
                 pool.retired = True
                 del self._pools[authority]
+
+
+class RelayResponse(requests.Response):
+    """requests' Response for an answer from a replica. What the relay never reads is made only
+    when it is asked for: the headers as a CaseInsensitiveDict, the encoding, and the cookie jar
+    (a lock each). Made whole per answer, they cost a tenth of nmc's CPU per request."""
+
+    def __init__(self, request: requests.PreparedRequest, answer: Answer, adapter: RelayAdapter):
+        # requests.Response.__init__'s attributes, but for the three below
+        # (tests/test_unit_transport.py checks that none is missing)
+        self._content = False
+        self._content_consumed = False
+        self._next = None
+        self.status_code = answer.status
+        self.raw = answer
+        self.url = request.url
+        self.history = []
+        self.reason = answer.reason
+        self.elapsed = NO_TIME
+        self.request = request
+        self.connection = adapter
+
+    # functools.cached_property: computed once on first use, and assignable as requests' are
+    @functools.cached_property
+    def headers(self) -> CaseInsensitiveDict:
+        return CaseInsensitiveDict(_joined(self.raw.headers))
+
+    @functools.cached_property
+    def encoding(self) -> str | None:
+        return get_encoding_from_headers(self.headers)
+
+    @functools.cached_property
+    def cookies(self) -> requests.cookies.RequestsCookieJar:
+        return requests.cookies.cookiejar_from_dict({})
 
 
 class _Connection:

@@ -432,6 +432,23 @@ def test_a_session_request_reads_the_whole_answer(serve, session):
     assert response.url == server.url + "/page"
 
 
+def test_an_answer_is_a_whole_requests_response(serve, session):
+    # RelayResponse makes three of requests.Response's attributes only when asked for: a
+    # Response of this version of requests must have none that it lacks
+    server = serve(keep_answering(ok(b"{}", b"Content-Type: application/json\r\n"
+                                           b"Set-Cookie: a=1; Path=/\r\n")))
+    response = session.get(server.url + "/j", timeout=2)
+    assert isinstance(response, requests.Response)
+    for name in vars(requests.Response()):
+        assert hasattr(response, name), name
+    assert response.json() == {} and response.headers["content-type"] == "application/json"
+    assert response.encoding == "utf-8"  # requests' default for JSON, from the headers
+    assert len(response.cookies) == 0  # requests fills the jar from urllib3's answers only
+    response.encoding = "latin-1"
+    assert response.text == "{}" and response.encoding == "latin-1"
+    assert response.elapsed.total_seconds() >= 0 and response.history == []
+
+
 def test_connections_idle_too_long_are_closed_and_a_gone_hosts_pool_forgotten(serve, session,
                                                                               monkeypatch):
     """A replica removed, or moved to another port, leaves idle connections behind: closed
