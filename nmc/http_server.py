@@ -2,9 +2,10 @@
 drain, stop) is nmc.server's; gunicorn hosts the same relay without it.
 
 What pywsgi gets from nmc here: a strict request head (nmc.request_head) read within
---header-timeout, keep-alive connections closed after --idle-timeout, the request exactly as
-received for the proxy, one write for small answers, a cap on open connections, a drain on stop,
-and the client's connection handed over for a tunnel (nmc.hijack).
+--header-timeout, keep-alive connections closed after --idle-timeout (and waiting without a
+greenlet once idle for PARK_AFTER), the request exactly as received for the proxy, one write for
+small answers, a cap on open connections, a drain on stop, and the client's connection handed
+over for a tunnel (nmc.hijack).
 
 pywsgi's public hooks cover most of it. Where a private name is overridden, its comment says
 why nothing public does the job.
@@ -21,6 +22,7 @@ import gevent
 import gevent.event
 import gevent.pool
 from gevent import pywsgi
+from gevent.hub import Waiter
 from gevent.pywsgi import WSGIHandler, WSGIServer
 
 from nmc import request_head
@@ -38,6 +40,14 @@ class PortInUse(NmcError):
 
 
 READ_BUFFER = 2048  # bytes of a client connection's read buffer (see ProxyHandler.__init__)
+# A kept-alive connection with no next request for this long gives up its greenlet and its read
+# buffer until bytes arrive (ProxyHandler._park): most of what an idle connection costs. One in a
+# burst of requests keeps them, so a busy connection pays nothing for it.
+PARK_AFTER = 0.5  # seconds
+# what a handler holds of its last request: a parked connection lets go of it
+PER_REQUEST = ("environ", "headers", "wsgi_input", "result", "requestline", "path", "command",
+               "status", "_orig_status", "response_headers", "provided_date",
+               "provided_content_length")
 ADMIN_HANDSHAKE_TIMEOUT = 10  # seconds a client of the admin port has to finish its TLS handshake
 
 
@@ -65,10 +75,133 @@ class ProxyHandler(WSGIHandler):
                                                (("Retry-After", "1"),)))
             return
         server.connections.add(self)
+        self._serve()
+
+    def _serve(self) -> None:
+        """pywsgi's keep-alive loop (WSGIHandler.handle, which has no way to leave it but closing),
+        with one way out more: a kept-alive connection idle for PARK_AFTER is parked."""
+        parked = False
         try:
-            super().handle()
+            while self.socket is not None:
+                if self._may_park() and not self._next_request_within(PARK_AFTER):
+                    parked = self._park()
+                    return
+                result = self.handle_one_request()
+                if result is None:
+                    break
+                if result is True:
+                    continue
+                self.status, answer = result  # a client error, answered before the WSGI call
+                self.socket.sendall(answer)
+                break
         finally:
-            server.connections.discard(self)
+            if not parked:
+                self.server.connections.discard(self)
+                self._close()
+
+    def _close(self) -> None:
+        """As pywsgi's handle() ends: what the client sent last is read out (a close with unread
+        bytes would reset the connection before our answer arrived), then it is closed."""
+        sock = self.socket
+        if sock is not None:
+            inner = getattr(sock, "_sock", None)  # the standard socket under gevent's: never waits
+            try:
+                if inner is not None:
+                    try:
+                        inner.recv(16384)
+                    finally:
+                        inner.close()
+                sock.close()
+            except OSError:
+                pass
+        self.__dict__.pop("socket", None)
+        self.__dict__.pop("rfile", None)
+        self.__dict__.pop("wsgi_input", None)
+        if self._readable is not None:
+            self._readable.close()
+            self._quiet.close()
+
+    # -- an idle keep-alive connection without a greenlet -----------------------------------
+
+    _readable = None   # a read watcher on the connection, made when first needed
+    _quiet = None      # and a timer: PARK_AFTER without a byte
+    _idle_timer = None
+    parked = False
+
+    def _may_park(self) -> bool:
+        # TLS: the reader may hold bytes the socket no longer shows, and handle_after_handshake
+        # closes the connection when handle() returns
+        return (self.answered > 0 and not self.server.draining and not self.server.ssl_enabled
+                and self.server.idle_timeout > PARK_AFTER)
+
+    def _next_request_within(self, seconds: float) -> bool:
+        """False when nothing arrived within `seconds` (and nothing waits in the read buffer).
+        An end of the connection counts as arrived: the loop reads it and closes."""
+        sock = self.socket
+        sock.settimeout(0.0)
+        try:
+            if self.rfile.peek(1):  # buffered (pipelined) or there already: no waiting at all
+                return True
+        except OSError:
+            return True  # the loop meets it again, and closes
+        finally:
+            sock.settimeout(self.server.idle_timeout)
+        if self._readable is None:  # made once, started for each wait (cheaper than wait_read)
+            self._readable = self.server.loop.io(sock.fileno(), 1)
+            # (repeating, for again(): a stopped libev timer started again only runs out what was
+            # left of it)
+            self._quiet = self.server.loop.timer(seconds, seconds)
+        waiter = Waiter()
+        self._readable.start(waiter.switch, True)
+        self._quiet.again(waiter.switch, False)
+        try:
+            return waiter.get()
+        finally:
+            self._readable.stop()
+            self._quiet.stop()
+
+    def _park(self) -> bool:
+        """Give up the greenlet and the read buffer until the client sends something (then
+        _resume) or --idle-timeout since the last answer ends (then close_parked). False when the
+        connection could not be parked (closed meanwhile)."""
+        if self.socket is None:
+            return False
+        try:
+            self.rfile.close()  # its buffer is empty (_next_request_within looked)
+        except (OSError, ValueError):
+            pass
+        self.rfile = None
+        for name in PER_REQUEST:  # the last request's environ, headers, answer: not kept
+            self.__dict__.pop(name, None)
+        self.parked = True
+        self.server.parked.add(self.socket)
+        self._readable.start(self._resume)
+        self._idle_timer = self.server.loop.timer(max(0.0, self.server.idle_timeout - PARK_AFTER))
+        self._idle_timer.start(self.close_parked)
+        return True
+
+    def _unpark(self) -> None:
+        self.parked = False
+        self._readable.stop()
+        self._idle_timer.close()
+        self._idle_timer = None
+        self.server.parked.discard(self.socket)
+
+    def _resume(self) -> None:
+        """(in the hub) The client sent something: a greenlet serves the connection again."""
+        self._unpark()
+        self.rfile = self.socket.makefile("rb", READ_BUFFER)
+        self.server.spawn_handler(self._serve)
+
+    def close_parked(self) -> None:
+        """(in the hub, or on drain) --idle-timeout passed without a request, or the server
+        stops: closed, as pywsgi would close a connection that waits in its greenlet."""
+        self._unpark()
+        self.server.connections.discard(self)
+        self._readable.close()
+        self._quiet.close()
+        close_socket(self.socket)
+        self.__dict__.pop("socket", None)
 
     def _refuse(self, rejected: request_head.Rejected) -> None:
         """Answer without reading the request, then a lingering close (no reset before it is read)."""
@@ -167,7 +300,9 @@ class ProxyHandler(WSGIHandler):
 
     def close_if_idle(self) -> None:
         """Called on drain: a connection waiting for its next request, or a tunnel, closes now."""
-        if not self.in_flight and self.socket is not None:
+        if self.parked:
+            self.close_parked()
+        elif not self.in_flight and self.socket is not None:
             try:
                 self.socket.shutdown(socket.SHUT_RDWR)  # wakes the greenlet blocked in recv
             except OSError:
@@ -277,6 +412,7 @@ class ProxyServer(WSGIServer):
         self.header_timeout = header_timeout
         self.idle_timeout = idle_timeout
         self.connections: set[ProxyHandler] = set()
+        self.parked: set = set()  # the sockets of parked connections (ProxyHandler._park)
         self.draining = False
         self._idle = gevent.event.Event()
 
@@ -285,9 +421,24 @@ class ProxyServer(WSGIServer):
         # it is cut as a slow head would be (the handler sets its own timeouts after it)
         return handle_after_handshake(self, client_socket, address, self.header_timeout)
 
+    def spawn_handler(self, serve) -> None:
+        """A parked connection's greenlet again, in the server's pool (stop() ends it too)."""
+        self.pool.spawn(serve)
+
+    def do_close(self, sock, *args):
+        # pywsgi closes a connection when its handler returns; a parked one lives on
+        if sock not in self.parked:
+            sock.close()
+
     def request_done(self) -> None:
         if self.draining and not any(c.in_flight for c in self.connections):
             self._idle.set()
+
+    def stop(self, timeout=None):
+        for connection in list(self.connections):  # no greenlet of theirs for stop() to end
+            if connection.parked:
+                connection.close_parked()
+        super().stop(timeout)
 
     def drain(self, timeout: float) -> bool:
         """Stop accepting, close idle connections, let busy ones finish their request for up to
