@@ -81,9 +81,10 @@ clean:
 
 ## the benchmark: nmc (and nmc under gunicorn -w 2) against direct, nginx, a naive gevent+requests
 ## relay, PM2 and node http-proxy, and nmc and nginx over HTTPS: small GETs, 10 MiB GET and POST,
-## RSS (also with 5,000 idle connections), start-up time of 1 and 8 replicas; one bounded run
-## (~10-11 min; QUICK=1 ~2.5 min), one table with the targets in bench/results/:
-## make bench [QUICK=1] [BENCH_ARGS="--reps 5"]
+## RSS (also with 5,000 idle connections), start-up time of 1 and 8 replicas, a WebSocket echo
+## (messages/s over 64 sockets: direct, nginx, nmc, http-proxy); one bounded run (~11-12 min;
+## QUICK=1 ~2.5 min), one table with the targets in bench/results/:
+## make bench [QUICK=1] [BENCH_ARGS="--reps 5 --no-ws"]
 BENCH_ARGS ?=
 .PHONY: bench
 bench: venv nodejs

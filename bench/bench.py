@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """`make bench`: nmc against the limit (direct), nginx, a naive gevent + requests relay, nmc under
-gunicorn, PM2 and node's http-proxy, and nmc and nginx over HTTPS, in one bounded run on one
-machine; one markdown table (with the issue's targets, met or not, under it) printed and written
-to bench/results/bench-<UTC time>.md.
+gunicorn, PM2 and node's http-proxy, nmc and nginx over HTTPS, and a WebSocket echo, in one
+bounded run on one machine; one markdown table (with the issue's targets, met or not, under it)
+printed and written to bench/results/bench-<UTC time>.md.
 
 Configs (all but pm2-i2 and gunicorn-w2 relay to the SAME two replicas, those of `nmc`):
   `nmc`         ./nmc_server.py --name nmc-bench-<rand> --bind 127.0.0.1 --port P --base-port B -n 2 -q
@@ -14,7 +14,8 @@ Configs (all but pm2-i2 and gunicorn-w2 relay to the SAME two replicas, those of
                 supervising worker starts and removes its replicas itself
   `pm2-i2`      PM2 cluster mode running the site itself (nodejs/server.js -i 2, no containers,
                 no docker-proxy: an anchor, not a like-for-like)
-  `http-proxy`  bench/node/hp_proxy.js (npm http-proxy 1.18.1, keep-alive agent)
+  `http-proxy`  bench/node/hp_proxy.js (npm http-proxy 1.18.1, keep-alive agent; WebSocket
+                upgrades through proxy.ws, round-robin too)
   `nmc-tls`     ./nmc_server.py --name <nmc's> --port T --base-port B -n 2 -q --keep --admin-port 0
                 --certfile C --keyfile K: a second nmc that adopts nmc's two replicas (same name,
                 same settings; NMC_RUN_DIR of its own, for its socket) and, with --keep, leaves
@@ -26,19 +27,25 @@ openssl in its temp folder (removed with it).
 pm2@7 and http-proxy@1.18.1 are `npm install`ed into the run's temp folder (PM2_HOME there too);
 without node/npm, or without gunicorn / nmc/wsgi.py, those configs are written as skipped.
 
-Loads, per config (wrk -t1): GET /healthz at -c64 and -c256 (--latency); GET /big?mb=10 and
-POST /echo with a 10 MiB body (wrk Lua script), both at -c4; for nginx-w1, nmc, gunicorn-w2,
-pm2-i2 and http-proxy also GET /healthz at -c64 with a new connection per request ("fresh"). The
-TLS configs: GET /healthz at
--c64 only, kept alive and with a new connection per request ("fresh": -H 'Connection: close', so
-a full TLS handshake each, wrk resumes no session); no idle test (bench/idle_conns.py speaks
-plain HTTP). A warm-up (wrk -c256 /healthz) first, then --reps interleaved repetitions (every
-config at c64, then c256, GET 10 MiB, POST 10 MiB, fresh; the order of the configs rotated each
-repetition), medians. Each repetition ends with the start-up test: ./nmc_server.py -n 1 and -n 8
-(throwaway cluster, free ports, image already built) from process start to its "serving on" line,
-and `docker run` x1 / x8 alone (the floor), in alternating order; all their containers removed.
-After the repetitions: RSS after load, then per proxy the idle test (bench/idle_conns.py: 5,000
-keep-alive client connections that did one request each, held idle; RSS and kB per connection).
+Loads, per config (wrk -t1): GET /healthz at -c64 and -c256 (--latency); GET /big?mb=10 and POST
+/echo with a 10 MiB body (wrk Lua script), both at -c4; for nginx-w1, nmc, gunicorn-w2, pm2-i2 and
+http-proxy also GET /healthz at -c64 with a new connection per request ("fresh"). The TLS configs:
+GET /healthz at -c64 only, kept alive and with a new connection per request ("fresh": -H
+'Connection: close', so a full TLS handshake each, wrk resumes no session); no idle test
+(bench/idle_conns.py speaks plain HTTP). A warm-up (wrk -c256 /healthz) first, then --reps
+interleaved repetitions (every config at c64, then c256, GET 10 MiB, POST 10 MiB, fresh, then the
+WebSocket echo; the order of the configs rotated each repetition), medians. The WebSocket echo
+(bench/ws_echo.py; not with --no-ws), for direct, nginx-w1 (a `location = /ws` with Upgrade and
+Connection: upgrade), nmc and http-proxy: bench/node/ws_echo_client.js (the host's node, one
+process) opens 64 WebSockets to /ws, then each sends a 32-byte masked text message and waits for its
+echo, again and again for --duration s; messages/s, round trip p50/p99, errors (sockets that failed
+to open, closed early or echoed something else) and CPU µs per message of each group below during
+the messages only, and the client's own CPU. Each repetition ends with the start-up test:
+./nmc_server.py -n 1 and -n 8 (throwaway cluster, free ports, image already built) from process
+start to its "serving on" line, and `docker run` x1 / x8 alone (the floor), in alternating order;
+all their containers removed. After the repetitions: RSS after load, then per proxy the idle test
+(bench/idle_conns.py: 5,000 keep-alive client connections that did one request each, held idle; RSS
+and kB per connection).
 
 Measured: req/s, p50/p99 (wrk), errors (socket errors + non-2xx), CPU µs per request of the
 proxy's process tree (utime+stime from /proc/PID/stat), and separately of Docker's userland
@@ -46,20 +53,22 @@ proxies and of the replicas' node processes; MiB/s of the 10 MiB transfers (good
 10 MiB / s); RSS of the proxy's tree at start, after load, its peak during the 10 MiB runs
 (sampled every 0.1 s) and with 5,000 idle connections; ratios to nginx-w1 from the same run.
 
-Duration: a full run is (7 configs x 4 loads + 2 TLS configs x 2 loads) x --reps 3 x --duration
-5 s = 480 s of wrk, plus ~0.3 s per wrk run (96 runs), warm-up 9 x 2 s, start-up tests 3 x ~7 s,
-idle tests 6 x 5-17 s (held 3 s), set-up (npm install ~10 s, up to 60 s on a cold npm cache) and
-stopping (~5 s): about 10-11 minutes (measured: 539 s on the 2-core dev VM, busy with other work,
-before the TLS configs, which add ~70 s). --quick: 1 repetition of 2 s runs (64 s of wrk),
-warm-up 9 x 1 s, one start-up test, idle tests held 1 s: about 2.5 minutes (measured: 128 to
-154 s before the TLS configs, which add ~12 s; the idle tests are half of it). An apt-get install
-of wrk/nginx on a fresh machine comes on top, once.
+Duration: a full run is (7 configs x 4 loads + 2 TLS configs x 2 loads) x --reps 3 x --duration 5 s
+= 480 s of wrk, plus ~0.3 s per wrk run (96 runs), the WebSocket echo 4 configs x 3 x 5 s (+ ~0.3 s
+each to open and close: ~64 s), warm-up 9 x 2 s, start-up tests 3 x ~7 s, idle tests 6 x 5-17 s
+(held 3 s), set-up (npm install ~10 s, up to 60 s on a cold npm cache) and stopping (~5 s): about
+11-12 minutes (measured: 539 s on the 2-core dev VM, busy with other work, before the TLS configs,
+which add ~70 s, and the WebSocket echo, ~64 s). --quick: 1 repetition of 2 s runs (64 s of wrk),
+warm-up 9 x 1 s, one start-up test, idle tests held 1 s: about 2.5 minutes (measured: 128 to 154 s
+before the TLS configs, which add ~12 s, and the WebSocket echo, ~10 s; the idle tests are half of
+it). An apt-get install of wrk/nginx on a fresh machine comes on top, once.
 
-Everything started here is stopped at the end by PID (try/finally, also on Ctrl-C / SIGTERM):
-PM2 with `pm2 kill` (then SIGKILL by PID for any of its daemon/workers left), wrk, both nginx, the
-naive relay, http-proxy, nmc-tls (SIGTERM, first), gunicorn (SIGTERM to the master) and nmc
-(SIGTERM); both remove their replicas, and the run then removes any container still labelled with
-their cluster names, and the temp folder (certificate and key included).
+Everything started here is stopped at the end by PID (try/finally, also on Ctrl-C / SIGTERM): PM2
+with `pm2 kill` (then SIGKILL by PID for any of its daemon/workers left), wrk, the WebSocket client
+(it ends by itself; killed by ws_echo.py otherwise), both nginx, the naive relay, http-proxy,
+nmc-tls (SIGTERM, first), gunicorn (SIGTERM to the master) and nmc (SIGTERM); both remove their
+replicas, and the run then removes any container still labelled with their cluster names, and the
+temp folder (certificate and key included).
 
 Needs wrk and nginx (installed with apt-get when missing and run as root), Docker, the
 nodejs.org image and .venv (make bench does venv + nodejs first).
@@ -95,6 +104,7 @@ from idle_conns import idle_test  # noqa: E402
 from nmc.containers import LABEL_CLUSTER  # noqa: E402
 from report import TLS_CONFIGS  # noqa: E402
 from startup_time import admin_args, labelled, remove_labelled, time_docker, time_nmc  # noqa: E402
+from ws_echo import CONFIGS as WS_CONFIGS, ws_echo  # noqa: E402
 
 BENCH = ROOT / "bench"
 RESULTS = BENCH / "results"
@@ -608,6 +618,7 @@ def parse_args(argv=None):
                     help=f"comma-separated subset of {','.join(CONFIGS)} [all]")
     ap.add_argument("--no-idle", action="store_true", help="skip the 5,000 idle connections test")
     ap.add_argument("--no-startup", action="store_true", help="skip the start-up time test")
+    ap.add_argument("--no-ws", action="store_true", help="skip the WebSocket echo")
     a = ap.parse_args(argv)
     a.duration = a.duration or (2.0 if a.quick else 5.0)
     a.reps = a.reps or (1 if a.quick else 3)
@@ -667,6 +678,9 @@ def main(argv=None) -> int:
     starts: list[dict] = []
     notes: list[str] = []
     groups_of: dict[str, dict[str, list[int]]] = {}
+    ws: dict[str, list[dict]] = {}  # config -> its WebSocket echo runs
+    node = shutil.which("node")
+    ws_why = "--no-ws" if args.no_ws else None if node else "node not found (the client is node's)"
     proxy_pids: dict[str, list[int]] = {}
     interrupted = None
     node_version, t_ready = "?", {}
@@ -797,6 +811,12 @@ def main(argv=None) -> int:
                                 proxy_pids[cfg] if load in ("get10", "post10") else None)
                     d["rep"] = r + 1
                     rows.setdefault((cfg, load), []).append(d)
+            for cfg in order if not ws_why else ():
+                if cfg in WS_CONFIGS:
+                    log(f"rep {r + 1}/{args.reps} WebSocket echo {cfg}")
+                    d = ws_echo(node, run.port[cfg], dur, groups_of[cfg])
+                    d["rep"] = r + 1
+                    ws.setdefault(cfg, []).append(d)
             if not args.no_startup:
                 tests = [("nmc", 1), ("nmc", 8), ("docker", 1), ("docker", 8)]
                 for what, nrep in (tests[::-1] if r % 2 else tests):  # alternating order
@@ -845,7 +865,7 @@ def main(argv=None) -> int:
                     starts=starts, notes=notes, skipped=skipped, interrupted=interrupted,
                     tails=tails, t_ready=t_ready, took=time.monotonic() - began,
                     started_at=started_at, wrk=wrk, nginx=tools["nginx"],
-                    node_version=node_version)
+                    node_version=node_version, ws=ws, ws_why=ws_why)
     print(report)
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"bench-{stamp}.md"

@@ -12,6 +12,7 @@ from pathlib import Path
 from harness import ROOT
 from harness.processes import cmd_out, source_state
 from nmc.containers import LABEL_CLUSTER
+from ws_echo import CONFIGS as WS_CONFIGS, SIZE, SOCKETS, command as ws_command, describe_errors
 
 NAN = float("nan")
 NAMES = {"direct": "direct (1 replica)", "nginx-w1": "nginx-w1", "naive": "naive (before)",
@@ -156,6 +157,86 @@ def fresh_section(args, rows) -> list[str]:
     return L
 
 
+WS_NAMES = {"direct": "direct (1 replica)", "nginx-w1": "nginx-w1", "nmc": "**nmc**",
+            "http-proxy": "http-proxy"}
+
+
+def ws_section(args, ws, ws_why, skipped) -> list[str]:
+    """The WebSocket echo: messages/s through each relay and straight to a replica, and nmc
+    against node's http-proxy."""
+    L = ["\n## WebSocket echo\n"]
+    if ws_why:
+        return L + [f"Not run: {ws_why}.", ""]
+    L += [f"bench/node/ws_echo_client.js (one process of the host's node "
+          f"{cmd_out(['node', '--version'])}; `net` and RFC 6455 framing by hand) "
+          f"opens {SOCKETS} WebSockets to /ws first (each one upgrade, a 101 with the right "
+          f"Sec-WebSocket-Accept), then on each, for {args.duration:g} s: one {SIZE}-byte text "
+          "message, masked as a client's must be, and a wait for its echo, checked byte for byte "
+          f"({SOCKETS} in flight at any time). messages/s = echoes ÷ seconds from the first send "
+          "to the last echo; round trip = send to echo; CPU µs/msg = CPU of the proxy's process "
+          "tree (and of docker-proxy, of the replicas) during the messages only, not the "
+          "upgrades, ÷ echoes: each echo is one frame up and one down through the relay. errors "
+          "= sockets that failed to open, closed early or echoed something else. client CPU = "
+          "the node client's share of one core: near 100 % it, not the relay, would be the "
+          "limit. The relays spread the sockets over the 2 replicas; direct puts all on one. "
+          f"Medians of {args.reps} repetition(s), interleaved with the wrk runs.", "",
+          "| config | sockets open | messages/s | round trip p50 / p99 ms | errors "
+          "| proxy CPU µs/msg | docker-proxy µs/msg | replicas µs/msg | client CPU % "
+          "| x direct messages/s |",
+          "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    direct = med(ws.get("direct", []), "mps")
+    for cfg in (c for c in WS_CONFIGS if c in args.asked):
+        runs = ws.get(cfg, [])
+        if cfg not in args.configs or not runs:
+            L.append(f"| {WS_NAMES[cfg]} | " + (f"skipped: {skipped.get(cfg, 'not run')}"
+                                                 if cfg not in args.configs else "no run") +
+                     " |" + " |" * 8)
+            continue
+        L.append("| " + " | ".join([
+            WS_NAMES[cfg], f"{min(r['opened'] for r in runs)} / {SOCKETS}",
+            fmt(med(runs, "mps")), f"{fmt(med(runs, 'p50'), 2)} / {fmt(med(runs, 'p99'), 1)}",
+            str(sum(r["err"] for r in runs)),
+            fmt(med(runs, "us_proxy"), 1) if cfg != "direct" else "— (no proxy)",
+            fmt(med(runs, "us_dproxy"), 1), fmt(med(runs, "us_node"), 1),
+            fmt(med(runs, "pct_client")), ratio(med(runs, "mps"), direct)]) + " |")
+    L.append("")
+
+    def of(cfg, key):
+        return med(ws.get(cfg, []), key)
+    if ws.get("nmc") and ws.get("http-proxy"):
+        nmc, hp, ng = of("nmc", "mps"), of("http-proxy", "mps"), of("nginx-w1", "mps")
+        L.append(f"nmc / http-proxy messages/s = {ratio(nmc, hp)} ({fmt(nmc)} against {fmt(hp)}); "
+                 f"proxy CPU per message nmc / http-proxy = "
+                 f"{ratio(of('nmc', 'us_proxy'), of('http-proxy', 'us_proxy'))}" +
+                 (f"; nmc / nginx-w1 messages/s = {ratio(nmc, ng)}" if ws.get("nginx-w1") else "")
+                 + ".")
+    else:
+        L.append("nmc / http-proxy messages/s: — (" +
+                 ", ".join(c for c in ("nmc", "http-proxy") if not ws.get(c)) + " not measured).")
+    L.append("")
+    errors = [line for cfg, runs in ws.items() if (line := describe_errors(cfg, runs))]
+    L += [f"- {line}" for line in errors] + ([""] if errors else [])
+    if not ws:
+        return L
+    L += ["| config | rep | messages | messages/s | p50 / p99 ms | errors | sockets per replica "
+          "(port) | proxy CPU % | client CPU % | machine busy % | unattributed % | close |",
+          "|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---|"]
+    for cfg, runs in ws.items():
+        for r in runs:
+            spread = ", ".join(f"{name.rsplit('-', 1)[-1]}: {n}" for name, n in
+                               sorted(r["replicas"].items()))
+            L.append("| " + " | ".join([
+                cfg, str(r["rep"]), f"{r['messages']:,}", fmt(r["mps"]),
+                f"{fmt(r['p50'], 2)} / {fmt(r['p99'], 1)}", str(r["err"]), spread or "—",
+                fmt(r.get("pct_proxy", NAN)) if cfg != "direct" else "—",
+                fmt(r.get("pct_client", NAN)), fmt(r.get("machine_busy_pct", NAN)),
+                fmt(r.get("pct_other", NAN)), r.get("closed", "—")]) + " |" +
+                (f" failed: {r['failed']}" if "failed" in r else "") +
+                (" (stopped at the client's cap on messages)" if r.get("capped") else ""))
+    L.append("")
+    return L
+
+
 def tls_ratios(rows) -> str:
     """nmc TLS / nmc plain and nginx TLS / nginx plain: req/s and CPU per request at c64."""
     def of(cfg, key):
@@ -213,7 +294,7 @@ def tls_section(args, run, rows) -> list[str]:
 
 
 def render(*, args, run, rows, rss0, rss1, idle, starts, notes, skipped, interrupted, tails,
-           t_ready, took, started_at, wrk, nginx, node_version) -> str:
+           t_ready, took, started_at, wrk, nginx, node_version, ws, ws_why) -> str:
     ng = {k: med(rows.get(("nginx-w1", k), []), "rps" if k in ("c64", "c256") else "mibs")
           for k in ("c64", "c256", "get10", "post10")}
     ng_cpu = med(rows.get(("nginx-w1", "c64"), []), "us_proxy")
@@ -354,6 +435,7 @@ def render(*, args, run, rows, rss0, rss1, idle, starts, notes, skipped, interru
     L += fresh_section(args, rows)
     if any(c in args.configs for c in TLS_CONFIGS):
         L += tls_section(args, run, rows)
+    L += ws_section(args, ws, ws_why, skipped)
 
     if starts:
         L.append("\n## Start-up\n")
@@ -430,9 +512,12 @@ def render(*, args, run, rows, rss0, rss1, idle, starts, notes, skipped, interru
         L.append(f"            wrk -t1 -c64 -d{d}s --latency -H 'Connection: close' "
                  "https://127.0.0.1:PORT/healthz   (a new connection per request)")
         L.append(f"certificate {run.commands.get('certificate', '')}")
+    if ws:
+        L.append(f"WebSocket   node {' '.join(ws_command('PORT', args.duration))}   (PORT SOCKETS "
+                 "SECONDS SIZE MAX-MESSAGES OPEN-LIMIT DRAIN-LIMIT; " + ", ".join(ws) + ")")
     L.append("order       per repetition: small c64 for every config, then c256, GET 10 MiB, "
-             "POST 10 MiB, new connections (TLS configs); config order rotated by one each "
-             "repetition; then the start-up test")
+             "POST 10 MiB, new connections (TLS configs), the WebSocket echo; config order "
+             "rotated by one each repetition; then the start-up test")
     if starts:
         L.append(f"start-up    {starts[0].get('command', '').replace(' -n 1 ', ' -n N ')}"
                  "   (N = 1, 8; throwaway name, free ports; SIGTERM after)")
