@@ -16,7 +16,7 @@ MAX_FIELDS = 100               # header lines of a request or an answer (http.cl
 MAX_CHUNK_LINE = 4096          # a chunk-size line (with its extensions) of an answer's body
 MAX_INTERIM = 10               # interim (1xx) answers skipped before the final one
 SMALL_BODY = 64 * 1024         # a body up to this size travels whole, in one write with its head
-BLOCK = 256 * 1024             # bytes per piece of a streamed body or a tunnel, either way
+BLOCK = 256 * 1024             # bytes per piece of a streamed body, either way
 
 # -- grammar ------------------------------------------------------------------------------------
 

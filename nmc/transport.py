@@ -326,9 +326,9 @@ def _chunked(pieces: Iterable[bytes]) -> Iterator[bytes]:
     yield b"0\r\n\r\n"
 
 
-def _sendall(sock: socket.socket, data) -> None:
-    # one send() for what fits in the socket's buffer (gevent's sendall asks the kernel for
-    # the buffer's size first, every call)
+def send_all(sock: socket.socket, data) -> None:
+    """sock.sendall(data), in one send() when it fits in the socket's buffer, as it usually does
+    (gevent's sendall asks the kernel for the buffer's size first: a system call every time)."""
     sent = sock.send(data)
     if sent < len(data):
         sock.sendall(memoryview(data)[sent:])
@@ -341,7 +341,7 @@ def _exchange(conn: _Connection, pool: _HostPool, request, head: bytes, body, re
     sock = conn.sock
     try:
         try:
-            _sendall(sock, head)
+            send_all(sock, head)
         except OSError as e:
             if reused and not isinstance(e, TimeoutError):
                 raise _Stale() from e
@@ -365,7 +365,7 @@ def _exchange(conn: _Connection, pool: _HostPool, request, head: bytes, body, re
         if body is not None:
             for piece in body:  # an error of the caller's body itself passes through as it is
                 try:
-                    _sendall(sock, piece)
+                    send_all(sock, piece)
                 except OSError as e:
                     raise _failure(e, request, read_timeout) from e
         return _read_answer(conn, pool, request, read_timeout)
