@@ -145,7 +145,6 @@ GUNICORN_STOP_LIMIT = 45.0  # its graceful timeout (30 s) + removing the replica
 ENGINE_PATIENCE = 90.0  # seconds the clean-up waits for an engine that does not answer
 BIG_MIB = 10
 IDLE_CONNS = 5000
-FLAT_MIB = 10.0  # "flat" RSS during the 10 MiB runs: it grew by less than one body
 UNIT = {"us": 1e-3, "ms": 1.0, "s": 1000.0, "m": 60000.0}
 NAN = float("nan")
 
