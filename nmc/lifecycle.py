@@ -23,10 +23,21 @@ from nmc.replica import Replica, State
 
 log = logging.getLogger(__name__)
 
-READY_POLL = 0.1     # seconds between health probes while a replica starts
+# Seconds between health probes while a replica starts: often at first (a Node.js site answers
+# some 0.1-0.5 s after its container starts, and every poll's remainder adds to nmc's start),
+# then in proportion to the time waited so far (5 %), up to READY_POLL: a slow app is not
+# probed fifty times a second for its whole start.
+FIRST_READY_POLL = 0.02
+READY_POLL_SHARE = 0.05
+READY_POLL = 0.1
 INSPECT_POLL = 0.5   # seconds between looks at a starting instance (an exited one never answers)
 LOG_LINES = 5        # lines of an instance's output quoted when it fails
 DRAIN_POLL = 0.05    # seconds between looks at a draining replica's requests in flight
+
+
+def ready_poll(waited: float) -> float:
+    """Seconds until the next probe of a replica that has not answered for `waited` seconds."""
+    return min(READY_POLL, max(FIRST_READY_POLL, waited * READY_POLL_SHARE))
 
 
 class ReplicaStartFailed(NmcError):
@@ -108,7 +119,7 @@ class Lifecycle:
                 raise ReplicaStartFailed(
                     f"replica {replica.name} did not answer {self.config.health_path} within "
                     f"{self.config.start_timeout:g}s (last try: {result.reason})" + self.last_logs(replica))
-            self.stopped.wait(READY_POLL)
+            self.stopped.wait(ready_poll(now - started))
 
     def problem(self, replica: Replica) -> str | None:
         """Why the replica's instance cannot answer (gone, exited...), or None. Raises

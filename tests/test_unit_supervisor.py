@@ -133,6 +133,15 @@ def kill_and_wait(backend: MemoryBackend, replica: Replica) -> None:
     wait_until(lambda: replaced(replica, old), what=f"{replica.name} replaced after a kill")
 
 
+# -- starts ------------------------------------------------------------------------------------
+
+
+def test_a_starting_replica_is_probed_often_at_first_then_in_proportion_to_the_wait(monkeypatch):
+    monkeypatch.setattr(lifecycle, "READY_POLL", 0.1)  # the defaults, not the fast policy's
+    assert [lifecycle.ready_poll(w) for w in (0, 0.1, 0.4, 1.0, 2.0, 30.0)] == pytest.approx(
+        [0.02, 0.02, 0.02, 0.05, 0.1, 0.1])
+
+
 # -- crash loops and backoff -------------------------------------------------------------------
 
 
