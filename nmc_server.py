@@ -7,7 +7,7 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 try:
-    from gevent import monkey
+    import gevent  # noqa: F401
 except ImportError:
     # Run with a Python that lacks the dependencies (the system's python3): use the project's
     # virtualenv (made by `make run` / `make venv`) when there is one, else say what to do.
@@ -18,9 +18,11 @@ except ImportError:
     sys.exit(f"nmc-server: error: gevent is not installed for {sys.executable}: run `make run` "
              "(it makes the virtualenv .venv) or `pip install .`")
 
-monkey.patch_all()  # before anything else imports socket, ssl or threading
-
 sys.path.insert(0, HERE)
+
+from nmc.patching import patch_all  # noqa: E402 (nmc's package imports nothing)
+
+patch_all()  # before anything else imports socket, ssl or threading
 
 from nmc.cli import main  # noqa: E402
 

@@ -1,8 +1,8 @@
 """Process entry point: `python -m nmc` and the `nmc-server` console script."""
 
-from gevent import monkey
+from nmc.patching import patch_all
 
-monkey.patch_all()  # before anything else imports socket, ssl or threading
+patch_all()  # before anything else imports socket, ssl or threading
 
 import sys  # noqa: E402
 
