@@ -227,8 +227,8 @@ class Engine:
     @classmethod
     def connect(cls, timeout: float = API_TIMEOUT) -> "Engine":
         try:
+            # the SDK asks the engine for its API version here: that call is the ping
             client = docker.from_env(timeout=timeout)
-            client.ping()
         except (docker.errors.DockerException, requests.exceptions.RequestException) as e:
             raise EngineUnreachable(
                 f"cannot reach the Docker engine at {docker_host()} ({first_line(e)}): "
@@ -312,24 +312,51 @@ class Engine:
     @engine_call("start a replica")
     def run(self, spec: ReplicaSpec, image_id: str) -> ContainerInfo:
         """Create and start a replica's container; on failure nothing is left behind."""
-        holder = self.inspect(spec.name)
-        if holder is not None:
-            if holder.labels.get(LABEL_CLUSTER) != spec.cluster:
-                raise NameTaken(f"a container named {spec.name} ({holder.short_id}) already exists "
-                                "and nmc did not start it: remove it or pick another --name")
-            self.remove(holder.id, stop_timeout=0)
-        labels = {
-            LABEL_CLUSTER: spec.cluster,
-            LABEL_PORT: str(spec.host_port),
-            LABEL_SETTINGS: spec.settings_hash(image_id),
-        }
-        container = self.client.containers.create(
-            image_id,
-            name=spec.name,
-            hostname=spec.name,
-            labels=labels,
-            environment={"NMC_REPLICA": spec.name, **spec.env},
-            ports={f"{spec.container_port}/tcp": (spec.host_ip, spec.host_port)},
+        try:
+            container_id = self._create(spec, image_id)
+        except docker.errors.APIError as e:
+            if e.status_code != 409:  # 409: a container has the name (looked at only then)
+                raise
+            holder = self.inspect(spec.name)
+            if holder is not None:
+                if holder.labels.get(LABEL_CLUSTER) != spec.cluster:
+                    raise NameTaken(f"a container named {spec.name} ({holder.short_id}) already "
+                                    "exists and nmc did not start it: remove it or pick another "
+                                    "--name") from None
+                self.remove(holder.id, stop_timeout=0)
+            container_id = self._create(spec, image_id)
+        try:
+            for network in spec.networks[1:]:  # a container is created on one network only
+                self.client.api.connect_container_to_network(container_id, network)
+            self.client.api.start(container_id)
+        except docker.errors.APIError as e:
+            self._remove_quietly(container_id)
+            text = explain(e)
+            if "address already in use" in text or "port is already allocated" in text:
+                raise PortBusy(f"host port {spec.host_port} is already in use: stop what holds it "
+                               "or choose another --base-port") from e
+            raise
+        except BaseException:
+            self._remove_quietly(container_id)
+            raise
+        # gone already (removed from outside): said so by the next look at it, as for any other
+        return self.inspect(container_id) or ContainerInfo(
+            id=container_id, name=spec.name, status="created", exit_code=None, image_id=image_id,
+            labels=self.labels(spec, image_id))
+
+    @staticmethod
+    def labels(spec: ReplicaSpec, image_id: str) -> dict[str, str]:
+        return {LABEL_CLUSTER: spec.cluster, LABEL_PORT: str(spec.host_port),
+                LABEL_SETTINGS: spec.settings_hash(image_id)}
+
+    def _create(self, spec: ReplicaSpec, image_id: str) -> str:
+        """The replica's container created (not started), through the engine's API itself: the
+        SDK's containers.create() would look the new container up once more."""
+        api = self.client.api
+        network = spec.networks[0] if spec.networks else None
+        port = f"{spec.container_port}/tcp"
+        host_config = api.create_host_config(
+            port_bindings={port: (spec.host_ip, spec.host_port)},
             # hardened: no capability but those given back, no gaining any through setuid files
             cap_drop=["ALL"], cap_add=list(spec.cap_add) or None,
             security_opt=["no-new-privileges"],
@@ -337,24 +364,21 @@ class Engine:
             # --memory: no swap beyond it (Docker's default would add as much swap again)
             mem_limit=spec.memory or None, memswap_limit=spec.memory or None,
             nano_cpus=round(spec.cpus * 1e9) or None,
-            network=spec.networks[0] if spec.networks else None,
-            volumes=[*spec.volumes] or None,
+            network_mode=network,  # a container is created on one network only
+            binds=[*spec.volumes] or None,
         )
-        try:
-            for network in spec.networks[1:]:  # a container is created on one network only
-                self.client.api.connect_container_to_network(container.id, network)
-            container.start()
-        except docker.errors.APIError as e:
-            self._remove_quietly(container.id)
-            text = explain(e)
-            if "address already in use" in text or "port is already allocated" in text:
-                raise PortBusy(f"host port {spec.host_port} is already in use: stop what holds it "
-                               "or choose another --base-port") from e
-            raise
-        except BaseException:
-            self._remove_quietly(container.id)
-            raise
-        return self.inspect(container.id) or ContainerInfo.from_attrs(container.attrs)
+        created = api.create_container(
+            image_id,
+            name=spec.name,
+            hostname=spec.name,
+            labels=self.labels(spec, image_id),
+            environment={"NMC_REPLICA": spec.name, **spec.env},
+            ports=[tuple(port.split("/"))],
+            volumes=[volume.split(":")[1] for volume in spec.volumes] or None,
+            host_config=host_config,
+            networking_config={network: None} if network else None,
+        )
+        return created["Id"]
 
     @engine_call("remove a container")
     def remove(self, container: str, stop_timeout: float = 5) -> None:
