@@ -99,7 +99,10 @@ class Lifecycle:
     def wait_ready(self, replica: Replica) -> None:
         started = time.monotonic()
         deadline = started + self.config.start_timeout
-        next_inspect = started
+        # the first look at the instance is what the engine said as it started it (or listed it):
+        # an inspect at once would only delay the next probe
+        problem = replica.instance.problem if replica.instance else f"{self.backend.noun} is gone"
+        next_inspect = started + INSPECT_POLL
         while True:
             if self.stopping:
                 raise ReplicaStartFailed(f"replica {replica.name}: start cancelled, nmc is stopping")
@@ -109,12 +112,12 @@ class Lifecycle:
                                                   f"after {time.monotonic() - started:.2f}s")
                 return
             now = time.monotonic()
-            if now >= next_inspect:  # an exited instance never answers: say so at once
+            if now >= next_inspect:
                 next_inspect = now + INSPECT_POLL
                 problem = self.problem(replica)
-                if problem:
-                    raise ReplicaStartFailed(f"replica {replica.name}: {problem} while starting"
-                                             + self.last_logs(replica))
+            if problem:  # an exited instance never answers: say so at once
+                raise ReplicaStartFailed(f"replica {replica.name}: {problem} while starting"
+                                         + self.last_logs(replica))
             if now >= deadline:
                 raise ReplicaStartFailed(
                     f"replica {replica.name} did not answer {self.config.health_path} within "
