@@ -27,10 +27,8 @@ from nmc.config import Config
 from nmc.containers import Engine
 from nmc.errors import NmcError, capture
 from nmc.http_server import AdminServer, ErrorLog, ProxyServer, bind_listener
-from nmc.logs import follow_live
 from nmc.proxy import open_access_log
 from nmc.supervisor import Supervisor
-from nmc.watch import watch
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +96,7 @@ class NmcServer:
                                     log=None, error_log=ErrorLog(), **secure)
             self.http.start()
             self.supervisor.watch()
+            serving_since = time.time()  # --logs: the replicas' lines from here on, none missed
             shown = "localhost" if self.config.bind in ("0.0.0.0", "::") else self.config.bind
             scheme = "https" if self.tls else "http"
             log.info("serving on %s://%s:%d (%d replicas, %s)", scheme, shown, self.config.port,
@@ -115,9 +114,14 @@ class NmcServer:
             self.admin_unix.start()
             log.info("admin socket %s (nmc-server status | scale | rollout --name %s)",
                      admin_socket.path, self.config.name)
+            # nmc.logs and nmc.watch are imported only when asked for: 0.015 s of every start
             if self.config.logs:
-                self._replica_logs = gevent.spawn(follow_live, engine, self.config.name, time.time())
+                from nmc.logs import follow_live
+
+                self._replica_logs = gevent.spawn(follow_live, engine, self.config.name, serving_since)
             if self.config.watch:
+                from nmc.watch import watch
+
                 self._watching = gevent.spawn(watch, self.config.build,
                                               lambda changed: self._rebuild_and_roll_out("watch"),
                                               self._stop_watching)
