@@ -1,7 +1,11 @@
 """gunicorn's settings for nmc: `gunicorn -c python:nmc.gunicorn_conf -w 4 -b 0.0.0.0:3000
 nmc.wsgi:app`.
 
-It picks the gevent worker and hooks nmc into gunicorn's life cycle (nmc.workers):
+It picks nmc's gevent worker (nmc.gunicorn_worker: gunicorn's, serving through nmc's own HTTP
+server; `-k gevent` gives gunicorn's own parser back) and hooks nmc into gunicorn's life cycle
+(nmc.workers):
+- on_starting (the master): gunicorn's settings about reading requests that nmc's server does not
+  honour are refused in one line, not ignored;
 - post_worker_init: the worker's nmc part learns its gunicorn worker (whose `alive` turns False
   when it is told to stop);
 - worker_exit: a worker ends; the supervising one hands the replicas over to the next one, or,
@@ -14,15 +18,29 @@ the master's `stop`, which every shutdown path calls first (SIGTERM, SIGINT, SIG
 a reload never does, to leave a note in the run directory before any worker is told to stop.
 Any other end of the supervising worker hands over: the replicas are never removed by mistake.
 
-The master imports only run_dir here (no Docker SDK, no requests): gevent patches the workers
-after the fork, and modules imported before it (ssl) would escape the patching.
+The master imports only run_dir and nmc.gunicorn_worker here (no Docker SDK, no requests): gevent
+patches the workers after the fork, and modules imported before it (ssl) would escape the patching.
 """
 
 import os
+import sys
 
 from nmc import run_dir
 
-worker_class = "gevent"
+worker_class = "nmc.gunicorn_worker.Worker"
+
+
+def on_starting(server):
+    from nmc import gunicorn_worker
+    if server.cfg.worker_class_str != gunicorn_worker.CLASS_PATH:
+        return  # another -k: gunicorn reads the requests, by its own settings
+    names = gunicorn_worker.settings_not_honoured(server.cfg)
+    if names:
+        verb = "does" if len(names) == 1 else "do"
+        print(f"nmc-server: error: {', '.join(names)} {verb} not apply with nmc's worker, which "
+              "reads requests by nmc's rules (as ./nmc_server.py); -k gevent reads them by "
+              "gunicorn's", file=sys.stderr, flush=True)
+        sys.exit(3)
 
 
 def when_ready(server):

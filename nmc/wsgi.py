@@ -31,7 +31,8 @@ log = logging.getLogger(__name__)
 NOT_UNDER_GUNICORN = {
     "port": "gunicorn's -b sets the listener",
     "bind": "gunicorn's -b sets the listener",
-    "header_timeout": "gunicorn's --timeout and --limit-request-* govern reading requests",
+    "header_timeout": f"a new connection has nmc-server's default {Config.header_timeout:g} s "
+                      "for its request head",
     "idle_timeout": "gunicorn's --keep-alive closes idle connections",
     "max_connections": "gunicorn's --worker-connections caps each worker's connections",
     "certfile": "gunicorn's own --certfile and --keyfile serve TLS",

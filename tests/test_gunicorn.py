@@ -23,6 +23,7 @@ import pytest
 import requests
 
 from conftest import IMAGE, Load, NmcProcess, free_port_block, wait_until
+from test_relay import exchange, seen_by_replica
 from test_supervisor import live_restore, own_dockerd, start_dockerd, stop_dockerd
 from test_websocket import TEXT, WsClient
 
@@ -286,6 +287,32 @@ def test_websocket_and_streaming_work_under_gunicorn(gunicorn):
     assert last - first >= 0.8, "the chunks arrived together: buffered"
 
 
+def test_requests_are_read_by_nmcs_own_server_as_under_nmc_server(gunicorn):
+    """nmc's worker (nmc.gunicorn_worker) reads requests with nmc's HTTP server: the replica hears
+    the header names spelled as the client sent them (gunicorn's parser upper-cases them, and
+    the relay could only guess the spelling back), and the answer is nmc's, not gunicorn's."""
+    server = gunicorn(workers=1)
+    server.wait_ready()
+    answer = exchange(server.port, "GET", "/echo", [("Host", "h"), ("x-lower-case", "1"),
+                                                    ("X-MiXeD", "2")])
+    _, pairs = seen_by_replica(answer)
+    assert ("x-lower-case", "1") in pairs and ("X-MiXeD", "2") in pairs, pairs
+    assert not answer.values("Server"), answer  # gunicorn's Response says "Server: gunicorn"
+
+
+def test_gunicorns_access_log_gets_a_line_per_request(gunicorn, tmp_path):
+    access_log = tmp_path / "access.log"
+    server = gunicorn(workers=1, args=("--access-logfile", str(access_log)))
+    server.wait_ready()
+    for n in range(3):
+        assert requests.get(f"{server.url}/whoami?n={n}", timeout=5).status_code == 200
+
+    def logged():
+        text = access_log.read_text() if access_log.exists() else ""
+        return all(f'"GET /whoami?n={n} HTTP/1.1" 200' in text for n in range(3))
+    wait_until(logged, 10, what="three access log lines")
+
+
 # ------------------------------------------------------------------------------------------------
 # bad settings: one line, gunicorn stops
 
@@ -300,6 +327,7 @@ def test_websocket_and_streaming_work_under_gunicorn(gunicorn):
     ({"NMC_CERTFILE": "site.pem"}, (), "gunicorn's own --certfile and --keyfile serve TLS"),
     ({}, ("-c", "/dev/null", "-k", "gevent"), "needs its gunicorn hooks: gunicorn -c "
                                               "python:nmc.gunicorn_conf"),
+    ({}, ("--limit-request-line", "100"), "--limit-request-line does not apply with nmc's worker"),
 ])
 def test_bad_settings_stop_gunicorn_with_one_line(gunicorn, docker_client, cluster_name,
                                                   env, args, message):
