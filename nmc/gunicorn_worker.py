@@ -2,8 +2,8 @@
 ./nmc_server.py does: the picked worker class of nmc.gunicorn_conf.
 
 gunicorn's gevent worker reads each request with its own parser, builds the environ and writes the
-answer through its own Response (the head and the body in two sends): about 90 µs of CPU per
-small request more than nmc's server on the same relay (1.5 x ./nmc_server.py in all). This
+answer through its own Response (the head and the body in two sends): about 100 µs of CPU per
+small request more than nmc's server on the same relay (about 1.5 x ./nmc_server.py in all). This
 worker keeps gunicorn's process (its signals, heartbeat, --max-requests, reloads, --keep-alive,
 --worker-connections, --graceful-timeout, TLS and access log) and hands the connections to
 nmc.http_server's ProxyServer, the way gunicorn's own gevent_pywsgi worker hands them to pywsgi's.
