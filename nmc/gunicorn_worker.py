@@ -107,8 +107,7 @@ class Worker(GeventWorker):
         --keep-alive), then cut them. (ProxyServer.drain would close the idle ones at once: a
         request sent on one at that moment would fail, on a reload or a --max-requests restart.)"""
         for server in servers:
-            server.close()
-            server.draining = True  # what ProxyServer.drain sets: Connection: close, no parking
+            server.begin_drain()
         deadline = time.monotonic() + self.cfg.graceful_timeout
         while any(server.connections for server in servers) and time.monotonic() < deadline:
             self.notify()

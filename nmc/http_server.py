@@ -440,11 +440,16 @@ class ProxyServer(WSGIServer):
                 connection.close_parked()
         super().stop(timeout)
 
+    def begin_drain(self) -> None:
+        """No new connections; from now on every answer says Connection: close, and no idle
+        connection is parked. (The connections open now are left to end: drain closes them.)"""
+        self.close()
+        self.draining = True
+
     def drain(self, timeout: float) -> bool:
         """Stop accepting, close idle connections, let busy ones finish their request for up to
         `timeout` seconds, then cut what is left. True when nothing had to be cut."""
-        self.close()
-        self.draining = True
+        self.begin_drain()
         for connection in list(self.connections):
             connection.close_if_idle()
         self.request_done()
