@@ -9,6 +9,8 @@ Configs (all but pm2-i2 and gunicorn-w2 relay to the SAME two replicas, those of
   `direct`      wrk straight at 127.0.0.1:B (one replica: the limit)
   `nginx-w1`    nginx, 1 worker, round-robin upstream B/B+1, keepalive 256 (bench/nginx.conf.tmpl)
   `naive`       bench/naive_proxy.py (gevent pywsgi + one default requests.Session)
+  `pywsgi-floor` bench/floor_relay.py: pywsgi with nmc's fixes for small answers + the least
+                exchange with a replica, nothing else (not a proxy: the floor under nmc's design)
   `gunicorn-w2` gunicorn -c python:nmc.gunicorn_conf -w 2 nmc.wsgi:app with NMC_* variables: a cluster of its own
                 (nmc-bench-<rand>-g, 2 replicas of the same image on ports G/G+1), since its
                 supervising worker starts and removes its replicas itself
@@ -32,20 +34,20 @@ Loads, per config (wrk -t1): GET /healthz at -c64 and -c256 (--latency); GET /bi
 http-proxy also GET /healthz at -c64 with a new connection per request ("fresh"). The TLS configs:
 GET /healthz at -c64 only, kept alive and with a new connection per request ("fresh": -H
 'Connection: close', so a full TLS handshake each, wrk resumes no session); no idle test
-(bench/idle_conns.py speaks plain HTTP). A warm-up (wrk -c256 /healthz) first, then --reps
-interleaved repetitions (every config at c64, then c256, GET 10 MiB, POST 10 MiB, fresh, then the
-WebSocket echo; the order of the configs rotated each repetition), medians. The WebSocket echo
-(bench/ws_echo.py; not with --no-ws), for direct, nginx-w1 (a `location = /ws` with Upgrade and
-Connection: upgrade), nmc and http-proxy: bench/node/ws_echo_client.js (the host's node, one
-process) opens 64 WebSockets to /ws, then each sends a 32-byte masked text message and waits for its
-echo, again and again for --duration s; messages/s, round trip p50/p99, errors (sockets that failed
-to open, closed early or echoed something else) and CPU µs per message of each group below during
-the messages only, and the client's own CPU. Each repetition ends with the start-up test:
-./nmc_server.py -n 1 and -n 8 (throwaway cluster, free ports, image already built) from process
-start to its "serving on" line, and `docker run` x1 / x8 alone (the floor), in alternating order;
-all their containers removed. After the repetitions: RSS after load, then per proxy the idle test
-(bench/idle_conns.py: 5,000 keep-alive client connections that did one request each, held idle; RSS
-and kB per connection).
+(bench/idle_conns.py speaks plain HTTP). pywsgi-floor: GET /healthz at -c64 only, no idle test. A
+warm-up (wrk -c256 /healthz) first, then --reps interleaved repetitions (every config at c64, then
+c256, GET 10 MiB, POST 10 MiB, fresh, then the WebSocket echo; the order of the configs rotated each
+repetition), medians. The WebSocket echo (bench/ws_echo.py; not with --no-ws), for direct, nginx-w1
+(a `location = /ws` with Upgrade and Connection: upgrade), nmc and http-proxy:
+bench/node/ws_echo_client.js (the host's node, one process) opens 64 WebSockets to /ws, then each
+sends a 32-byte masked text message and waits for its echo, again and again for --duration s;
+messages/s, round trip p50/p99, errors (sockets that failed to open, closed early or echoed
+something else) and CPU µs per message of each group below during the messages only, and the
+client's own CPU. Each repetition ends with the start-up test: ./nmc_server.py -n 1 and -n 8
+(throwaway cluster, free ports, image already built) from process start to its "serving on" line,
+and `docker run` x1 / x8 alone (the floor), in alternating order; all their containers removed.
+After the repetitions: RSS after load, then per proxy the idle test (bench/idle_conns.py: 5,000
+keep-alive client connections that did one request each, held idle; RSS and kB per connection).
 
 Measured: req/s, p50/p99 (wrk), errors (socket errors + non-2xx), CPU µs per request of the
 proxy's process tree (utime+stime from /proc/PID/stat), and separately of Docker's userland
@@ -53,22 +55,22 @@ proxies and of the replicas' node processes; MiB/s of the 10 MiB transfers (good
 10 MiB / s); RSS of the proxy's tree at start, after load, its peak during the 10 MiB runs
 (sampled every 0.1 s) and with 5,000 idle connections; ratios to nginx-w1 from the same run.
 
-Duration: a full run is (7 configs x 4 loads + 2 TLS configs x 2 loads) x --reps 3 x --duration 5 s
-= 480 s of wrk, plus ~0.3 s per wrk run (96 runs), the WebSocket echo 4 configs x 3 x 5 s (+ ~0.3 s
-each to open and close: ~64 s), warm-up 9 x 2 s, start-up tests 3 x ~7 s, idle tests 6 x 5-17 s
-(held 3 s), set-up (npm install ~10 s, up to 60 s on a cold npm cache) and stopping (~5 s): about
-11-12 minutes (measured: 539 s on the 2-core dev VM, busy with other work, before the TLS configs,
-which add ~70 s, and the WebSocket echo, ~64 s). --quick: 1 repetition of 2 s runs (64 s of wrk),
-warm-up 9 x 1 s, one start-up test, idle tests held 1 s: about 2.5 minutes (measured: 128 to 154 s
-before the TLS configs, which add ~12 s, and the WebSocket echo, ~10 s; the idle tests are half of
-it). An apt-get install of wrk/nginx on a fresh machine comes on top, once.
+Duration: a full run is (7 configs x 4 loads + 2 TLS configs x 2 loads + pywsgi-floor's 1) x --reps
+3 x --duration 5 s = 495 s of wrk, plus ~0.3 s per wrk run (99 runs), the WebSocket echo 4 configs x
+3 x 5 s (+ ~0.3 s each to open and close: ~64 s), warm-up 10 x 2 s, start-up tests 3 x ~7 s, idle
+tests 6 x 5-17 s (held 3 s), set-up (npm install ~10 s, up to 60 s on a cold npm cache) and stopping
+(~5 s): about 11-12 minutes (measured: 539 s on the 2-core dev VM, busy with other work, before the
+TLS configs, which add ~70 s, and the WebSocket echo, ~64 s). --quick: 1 repetition of 2 s runs (64
+s of wrk), warm-up 9 x 1 s, one start-up test, idle tests held 1 s: about 2.5 minutes (measured: 128
+to 154 s before the TLS configs, which add ~12 s, and the WebSocket echo, ~10 s; the idle tests are
+half of it). An apt-get install of wrk/nginx on a fresh machine comes on top, once.
 
 Everything started here is stopped at the end by PID (try/finally, also on Ctrl-C / SIGTERM): PM2
 with `pm2 kill` (then SIGKILL by PID for any of its daemon/workers left), wrk, the WebSocket client
-(it ends by itself; killed by ws_echo.py otherwise), both nginx, the naive relay, http-proxy,
-nmc-tls (SIGTERM, first), gunicorn (SIGTERM to the master) and nmc (SIGTERM); both remove their
-replicas, and the run then removes any container still labelled with their cluster names, and the
-temp folder (certificate and key included).
+(it ends by itself; killed by ws_echo.py otherwise), both nginx, the naive relay, pywsgi-floor,
+http-proxy, nmc-tls (SIGTERM, first), gunicorn (SIGTERM to the master) and nmc (SIGTERM); both
+remove their replicas, and the run then removes any container still labelled with their cluster
+names, and the temp folder (certificate and key included).
 
 Needs wrk and nginx (installed with apt-get when missing and run as root), Docker, the
 nodejs.org image and .venv (make bench does venv + nodejs first).
@@ -108,8 +110,8 @@ from ws_echo import CONFIGS as WS_CONFIGS, ws_echo  # noqa: E402
 
 BENCH = ROOT / "bench"
 RESULTS = BENCH / "results"
-CONFIGS = ("direct", "nginx-w1", "naive", "nmc", "gunicorn-w2", "pm2-i2", "http-proxy", "nmc-tls",
-           "nginx-tls")
+CONFIGS = ("direct", "nginx-w1", "naive", "pywsgi-floor", "nmc", "gunicorn-w2", "pm2-i2",
+           "http-proxy", "nmc-tls", "nginx-tls")
 NODE_CONFIGS = ("pm2-i2", "http-proxy")  # need node + npm (pm2, http-proxy from the registry)
 PLAIN_LOADS = ("c64", "c256", "get10", "post10")
 TLS_LOADS = ("c64", "fresh")  # fresh: a new connection (so a TLS handshake) per request
@@ -122,6 +124,8 @@ FRESH_CONFIGS = ("nginx-w1", "nmc", "gunicorn-w2", "pm2-i2", "http-proxy")
 def loads_of(cfg: str) -> tuple[str, ...]:
     if cfg in TLS_CONFIGS:
         return TLS_LOADS
+    if cfg == "pywsgi-floor":  # GET without a body only; what it tells is CPU per request at c64
+        return ("c64",)
     return (*PLAIN_LOADS, "fresh") if cfg in FRESH_CONFIGS else PLAIN_LOADS
 # Mozilla's "intermediate" server settings (ssl-config.mozilla.org, nginx), without the DHE
 # suites (no dhparam file): TLS 1.2 and 1.3, a shared session cache, no session tickets
@@ -378,6 +382,11 @@ class Run:
         argv = ["bench/naive_proxy.py", str(port), str(base), str(base + 1)]
         self.start("naive", [sys.executable, *argv], port, " ".join(argv), "naive.log")
 
+    def start_floor(self, port: int, base: int) -> None:
+        argv = ["bench/floor_relay.py", str(port), str(base), str(base + 1)]
+        self.start("pywsgi-floor", [sys.executable, *argv], port, " ".join(argv),
+                   "pywsgi-floor.log")
+
     def npm_install(self) -> str | None:
         """pm2 and http-proxy into TMP/deps; None when done, else why not."""
         npm, node = shutil.which("npm"), shutil.which("node")
@@ -491,7 +500,7 @@ class Run:
             self.stop_pm2()
         except Exception as e:  # never skip the rest of the stopping
             log(f"stopping pm2: {e!r}")
-        for name in ("naive", "nginx-w1", "nginx-tls", "http-proxy"):
+        for name in ("naive", "pywsgi-floor", "nginx-w1", "nginx-tls", "http-proxy"):
             p = self.procs.get(name)
             if p is not None and p.poll() is None:
                 p.send_signal(signal.SIGTERM)  # nginx: fast shutdown of master + worker
@@ -686,8 +695,9 @@ def main(argv=None) -> int:
     try:
         # P = base, replicas base+1 / base+2, nginx base+3, naive base+4, pm2 base+5,
         # http-proxy base+6, gunicorn base+7 with its replicas base+8 / base+9; the admin
-        # interfaces of nmc and gunicorn base+10 / base+11; nmc-tls base+12, nginx-tls base+13
-        base = free_port_block(14, high=30000)
+        # interfaces of nmc and gunicorn base+10 / base+11; nmc-tls base+12, nginx-tls base+13,
+        # pywsgi-floor base+14
+        base = free_port_block(15, high=30000)
         P, B, G = base, base + 1, base + 8
         if any(c in args.configs for c in TLS_CONFIGS):
             why = run.make_cert()
@@ -738,6 +748,8 @@ def main(argv=None) -> int:
             run.start_nginx("nginx-w1", tools["nginx"], base + 3, B)
         if "naive" in args.configs:
             run.start_naive(base + 4, B)
+        if "pywsgi-floor" in args.configs:
+            run.start_floor(base + 14, B)
         if "http-proxy" in args.configs:
             run.start_http_proxy(base + 6, B)
         replicas = labelled(run.name)
@@ -749,7 +761,7 @@ def main(argv=None) -> int:
                           run_dir=run.tmp / "nmc-tls-run")
         if "nginx-tls" in args.configs:
             run.start_nginx("nginx-tls", tools["nginx"], base + 13, B)
-        for cfg in ("nginx-w1", "naive", "http-proxy", "nmc-tls", "nginx-tls"):
+        for cfg in ("nginx-w1", "naive", "pywsgi-floor", "http-proxy", "nmc-tls", "nginx-tls"):
             limit = 60 if cfg == "nmc-tls" else 15
             if cfg in args.configs and not wait_http(
                     run.port[cfg], limit, run.procs[cfg],
@@ -834,7 +846,8 @@ def main(argv=None) -> int:
                 notes.append("a PM2 process (daemon or worker) exited during the run")
         if not args.no_idle:
             for cfg in args.configs:
-                if cfg == "direct" or cfg in TLS_CONFIGS:  # idle_conns.py speaks plain HTTP
+                # idle_conns.py speaks plain HTTP; pywsgi-floor is no proxy to hold connections
+                if cfg in ("direct", "pywsgi-floor") or cfg in TLS_CONFIGS:
                     continue
                 pids = run.pm2_pids() if cfg == "pm2-i2" else proxy_pids[cfg]
                 log(f"idle test: {IDLE_CONNS} keep-alive connections to {cfg}, held {args.hold:g} s")
@@ -850,8 +863,8 @@ def main(argv=None) -> int:
         tails = {cfg: run.log_tail(f, 10) for cfg, f in (("nmc", "nmc.log"),
                                                          ("gunicorn-w2", "gunicorn.log"),
                                                          ("nmc-tls", "nmc-tls.log"))}
-        log("stopping pm2 (pm2 kill), nginx, the naive relay, http-proxy, nmc-tls, gunicorn and "
-            "nmc (SIGTERM, by PID)")
+        log("stopping pm2 (pm2 kill), nginx, the naive relay, pywsgi-floor, http-proxy, nmc-tls, "
+            "gunicorn and nmc (SIGTERM, by PID)")
         run.stop_all()
         log(f"pm2: {run.pm2_stop}; " + "; ".join(f"{k} {v}" for k, v in run.exits.items()) +
             "; containers left: " + ", ".join(f"{k} {v}" for k, v in run.leftovers.items()))

@@ -16,6 +16,7 @@ from ws_echo import CONFIGS as WS_CONFIGS, SIZE, SOCKETS, command as ws_command,
 
 NAN = float("nan")
 NAMES = {"direct": "direct (1 replica)", "nginx-w1": "nginx-w1", "naive": "naive (before)",
+         "pywsgi-floor": "pywsgi-floor (pywsgi + one bare exchange: nmc's design, no proxy; c64 only)",
          "nmc": "**nmc** (./nmc_server.py)",
          "gunicorn-w2": "**gunicorn-w2** (nmc.wsgi:app, own 2 replicas)",
          "pm2-i2": "pm2-i2 (PM2 cluster, 2 workers, no Docker: anchor)",
@@ -75,8 +76,12 @@ def targets(args, rows, rss1, idle, starts, skipped) -> list[str]:
 
     # issue 15, "Faster than node's own proxy, per core"
     cpu = med(get("nmc", "c64"), "us_proxy")
+    floor = med(get("pywsgi-floor", "c64"), "us_proxy")
     line("nmc proxy CPU ≤ 130 µs per small GET at c64", None if cpu != cpu else cpu <= 130,
-         f"{cpu:.0f} µs/req", missing("nmc"))
+         f"{cpu:.0f} µs/req" + ("" if floor != floor else
+                                f" (pywsgi-floor, the least a relay of nmc's design spends: "
+                                f"{floor:.0f} µs/req)"),
+         missing("nmc"))
     nmc64, hp64 = med(get("nmc", "c64"), "rps"), med(get("http-proxy", "c64"), "rps")
     p99 = med(get("nmc", "c64"), "p99")
     why = missing("nmc", "http-proxy")
@@ -302,7 +307,7 @@ def render(*, args, run, rows, rss0, rss1, idle, starts, notes, skipped, interru
     L.append(f"{args.reps} interleaved repetition(s) (config order rotated each time), medians; "
              f"wrk -t1, {args.duration:g} s per run; small = GET /healthz at -c64 and -c256; "
              f"10 MiB = GET /big?mb=10 and POST /echo with a 10 MiB body, -c4. nginx-w1, naive, "
-             f"nmc and http-proxy relay to the same 2 replicas (cluster `{run.name}`, "
+             f"pywsgi-floor, nmc and http-proxy relay to the same 2 replicas (cluster `{run.name}`, "
              f"127.0.0.1:{B} and {B + 1}, through Docker's userland proxy); gunicorn-w2 to its "
              f"own 2 replicas of the same image (`{run.g_name}`); pm2-i2 runs the site itself; "
              f"nmc-tls and nginx-tls are nmc and nginx-w1 over HTTPS (see HTTPS below).")
@@ -422,6 +427,14 @@ def render(*, args, run, rows, rss0, rss1, idle, starts, notes, skipped, interru
                  "daemon alone (front); its replicas column is its 2 workers; total = the two; its "
                  "idle RSS counts daemon + workers (the connections live in the workers). "
                  "Balance is per connection, not per request.")
+    if "pywsgi-floor" in args.configs:
+        L.append("")
+        L.append("pywsgi-floor is no proxy (bench/floor_relay.py): gevent.pywsgi with nmc's fixes "
+                 "for small answers and a WSGI callable that writes the request line and a Host "
+                 "header to a replica on a kept-alive socket and hands its answer on, with no "
+                 "checks, pool, counting or log. Its CPU per request is the least that a relay "
+                 "built as nmc is (gevent, pywsgi, a WSGI callable) spends; nmc's minus it is "
+                 "what nmc itself adds.")
     if "gunicorn-w2" in args.configs:
         L.append("")
         L.append("gunicorn-w2 relays to replicas of its own (its supervising worker starts and "
