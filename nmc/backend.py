@@ -149,8 +149,8 @@ class Backend(Protocol):
         """Stop it (a polite signal, then a kill after `grace` seconds) and remove it; gone
         already is fine."""
 
-    def events(self) -> EventStream:
-        """This cluster's events from now on."""
+    def events(self, since: float | None = None) -> EventStream:
+        """This cluster's events from `since` (epoch seconds; None: from now) on."""
 
     def tail_logs(self, instance_id: str, lines: int) -> list[str]:
         """Its last `lines` lines of output."""

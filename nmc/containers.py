@@ -408,10 +408,13 @@ class Engine:
             log.warning("could not remove container %s: %s", container[:12], first_line(e))
 
     @engine_call("follow the engine's events")
-    def events(self, cluster: str) -> "EventStream":
-        """The cluster's container events from now on; EngineError when the stream cannot open."""
-        stream = self.client.events(decode=True, filters={
-            "type": "container", "label": f"{LABEL_CLUSTER}={cluster}"})
+    def events(self, cluster: str, since: float | None = None) -> "EventStream":
+        """The cluster's container events from `since` (epoch seconds; None: from now) on;
+        EngineError when the stream cannot open."""
+        # (as seconds.nanoseconds: the engine reads the digits after the point as a fraction)
+        stream = self.client.events(decode=True, since=None if since is None else f"{since:.9f}",
+                                    filters={"type": "container",
+                                             "label": f"{LABEL_CLUSTER}={cluster}"})
         return EventStream(stream)
 
     @engine_call("read a container's logs")
@@ -549,8 +552,9 @@ class ContainerBackend:
         self.engine.remove(instance_id, stop_timeout=grace)
         self._stopped_from_outside.discard(instance_id)
 
-    def events(self) -> "ContainerEvents":
-        return ContainerEvents(self.engine.events(self.config.name), self._stopped_from_outside)
+    def events(self, since: float | None = None) -> "ContainerEvents":
+        return ContainerEvents(self.engine.events(self.config.name, since),
+                               self._stopped_from_outside)
 
     def tail_logs(self, instance_id: str, lines: int) -> list[str]:
         return self.engine.tail_logs(instance_id, lines)

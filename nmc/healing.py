@@ -45,14 +45,17 @@ class Healing:
 
     # -- the engine's events -----------------------------------------------------------------
 
-    def follow_events(self) -> None:
+    def follow_events(self, since: float | None = None) -> None:
         """React to a replica's instance dying, pausing or vanishing at once, not at the next
-        check. When the engine goes away, say so once, keep relaying (the checks go on),
-        reconnect with a growing delay, and look at every replica again when it is back."""
+        check; the first stream from `since` (epoch seconds) on, so that nothing that happened
+        before it opened is missed. When the engine goes away, say so once, keep relaying (the
+        checks go on), reconnect with a growing delay, and look at every replica again when it
+        is back."""
         delay = BACKOFF_FIRST
         while not self.lifecycle.stopping:
             try:
-                stream = self.backend.events()
+                stream = self.backend.events(since)
+                since = None  # one opened after the engine was away: engine_back looks at all
             except EngineError as e:
                 self.lost_engine(e)
                 self.lifecycle.stopped.wait(delay)

@@ -9,6 +9,7 @@ replicas start in parallel, each check runs on its own, and each replacement too
 from __future__ import annotations
 
 import logging
+import time
 
 import gevent
 
@@ -102,8 +103,11 @@ class Supervisor:
                 raise greenlet.value
 
     def watch(self) -> None:
-        """Start the periodic checks, and following the engine's events, in the background."""
-        self._watchers = [gevent.spawn(self.healing.monitor), gevent.spawn(self.healing.follow_events)]
+        """Start the periodic checks, and following the engine's events, in the background.
+        The events are followed from now, not from when the stream opens (once this greenlet
+        waits, after "serving on"): a replica killed in between is heard of too."""
+        self._watchers = [gevent.spawn(self.healing.monitor),
+                          gevent.spawn(self.healing.follow_events, time.time())]
 
     def stop(self, remove: bool = True, stop_timeout: float = 5,
              reason: str = "left running (--keep)") -> None:

@@ -186,8 +186,8 @@ class SwarmBackend:
         self._addresses.pop(instance_id, None)
         self._tasks_seen.pop(instance_id, None)
 
-    def events(self) -> "TaskEvents":
-        return TaskEvents(self)
+    def events(self, since: float | None = None) -> "TaskEvents":
+        return TaskEvents(self, since)
 
     def tail_logs(self, instance_id: str, lines: int) -> list[str]:
         """Through the manager, so from any node; nothing if they do not come in TAIL_WAIT."""
@@ -480,13 +480,13 @@ class TaskEvents:
     has none of its own): a pause, a stop or an exit there is heard at once, and polls at once
     (a paused task stays "running" for Swarm: only this, or the checks, can tell)."""
 
-    def __init__(self, backend: SwarmBackend):
+    def __init__(self, backend: SwarmBackend, since: float | None = None):
         self.backend = backend
         self._closed = False
         self._seen: dict[str, dict] = {t["ID"]: t for t in backend._tasks(running_only=False)}
         self._local: queue.Queue = queue.Queue()
         try:
-            self._containers = backend.engine.events(backend.config.name)
+            self._containers = backend.engine.events(backend.config.name, since)
         except EngineError:
             self._containers = None  # the poll alone, then
         else:

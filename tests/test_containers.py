@@ -1,5 +1,8 @@
 """nmc.containers against the real Docker engine."""
 
+import threading
+import time
+
 import pytest
 
 from conftest import IMAGE, free_port_block, get, wait_until
@@ -48,6 +51,31 @@ def test_remove_stops_and_removes_and_tolerates_gone(engine, cluster_name):
     assert engine.inspect(info.id) is None
     engine.remove(info.id)  # already gone: fine
     assert engine.list_cluster(cluster_name) == []
+
+
+def test_events_since_a_moment_include_those_before_the_stream_opened(engine, cluster_name):
+    """The supervisor follows the events from when it began watching, not from when its stream
+    opened (after "serving on"): a replica killed in between is heard of."""
+    port = free_port_block(1)
+    since = time.time()
+    info = engine.run(spec(cluster_name, port), engine.image_id(IMAGE))
+    engine.remove(info.id, stop_timeout=5)  # all of its events before the stream opens
+    stream = engine.events(cluster_name, since)
+    ends = threading.Timer(20, stream.close)  # what has not come by then is not coming
+    ends.start()
+    heard = []
+    try:
+        for event in stream:
+            if event.container_id == info.id:
+                heard.append(event.action)
+                if event.action == "destroy":
+                    break
+    except EngineUnreachable:  # closed by the timer
+        pass
+    finally:
+        ends.cancel()
+        stream.close()
+    assert heard[:2] == ["create", "start"] and "die" in heard and heard[-1] == "destroy", heard
 
 
 def test_settings_hash_changes_with_what_makes_a_replica():
