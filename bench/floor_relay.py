@@ -23,14 +23,9 @@ import sys  # noqa: E402
 
 from gevent.pywsgi import WSGIHandler, WSGIServer  # noqa: E402
 
+from nmc.transport import send_all  # noqa: E402  (one send() when it fits, as nmc sends)
+
 READ = 65536
-
-
-def send_all(sock: socket.socket, data) -> None:
-    """One send() when it fits, as nmc sends (gevent's sendall asks for the buffer size first)."""
-    sent = sock.send(data)
-    if sent < len(data):
-        sock.sendall(memoryview(data)[sent:])
 
 
 class OneWriteHandler(WSGIHandler):
