@@ -287,6 +287,9 @@ class Worker:
         while self.stopping() or boot_failed() or not self.lease.try_acquire():
             self._follow_once()
             gevent.sleep(STATE_POLL)
+        # The last leader's last word, which it may have published after this worker's last look
+        # (a scale just before it died): its replicas are the ones to adopt, none a leftover.
+        self._follow_once()
         self._lead()
 
     @staticmethod
