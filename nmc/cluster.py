@@ -9,9 +9,10 @@ follow it (nmc.workers) and tell the cluster so with `follow`.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from nmc import admin_auth
+from nmc.admin import AdminApp, own_counts
 from nmc.backend import Backend
 from nmc.config import Config
 from nmc.containers import ContainerBackend, Engine
@@ -21,9 +22,6 @@ from nmc.pool import Pool
 from nmc.proxy import Proxy
 from nmc.replica import Replica
 from nmc.supervisor import Supervisor
-
-if TYPE_CHECKING:
-    from nmc.admin import AdminApp
 
 log = logging.getLogger(__name__)
 
@@ -76,9 +74,6 @@ class Cluster:
     def admin_app(self, started: float | None = None, counts=None) -> AdminApp:
         """The admin interface, guarded by the cluster's token (nmc.admin_auth), whose URL for
         the dashboard is logged once here."""
-        # nmc.admin (with prometheus-client) is imported here, once the relay serves: about 15 ms
-        # that a start would otherwise spend before its "serving on"
-        from nmc.admin import AdminApp, own_counts
         config = self.config
         token, where = admin_auth.server_token(config.name, config.admin_token_file)
         scheme = "https" if config.certfile else "http"
@@ -92,7 +87,6 @@ class Cluster:
     def socket_app(self, started: float | None = None, counts=None) -> AdminApp:
         """The same interface on the cluster's Unix socket (nmc.admin_socket): no token, the
         socket file's mode (0600) is the credential."""
-        from nmc.admin import AdminApp, own_counts  # (when first needed: see admin_app)
         self.history.start(counts or own_counts)
         return AdminApp(self.config, self.supervisor, started, counts, events=self.events,
                         history=self.history)
